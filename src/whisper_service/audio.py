@@ -1,0 +1,69 @@
+"""Audio in: decode files and PCM frames to 16 kHz mono float32, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+Encoding = Literal["pcm_s16le", "pcm_f32le"]
+
+
+class AudioError(ValueError):
+    """Input that cannot be turned into audio; the message names the problem."""
+
+
+def decode_file(source: str | Path | BinaryIO, name: str | None = None) -> np.ndarray:
+    """Decode any PyAV/ffmpeg-readable file to 16 kHz mono float32.
+
+    PyAV raises a zoo of exception types for bad input; they all become AudioError here so
+    callers report one clear line and carry on with other work.
+    """
+    from faster_whisper.audio import decode_audio
+
+    label = name or str(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise AudioError(f"{label}: no such file")
+        if path.is_dir():
+            raise AudioError(f"{label}: is a directory, not an audio file")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{label}: file is empty")
+        source = str(path)
+    try:
+        audio = decode_audio(source, sampling_rate=SAMPLE_RATE)
+    except Exception as exc:  # PyAV's errors have no common base worth naming
+        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise AudioError(f"{label}: not a decodable audio file ({reason})") from None
+    if audio.size == 0:
+        raise AudioError(f"{label}: contains no audio samples")
+    return audio
+
+
+def pcm_to_float(data: bytes, encoding: Encoding) -> np.ndarray:
+    """Convert little-endian PCM bytes to float32 in [-1, 1]."""
+    if encoding == "pcm_s16le":
+        if len(data) % 2:
+            raise AudioError("pcm_s16le frame length must be a multiple of 2 bytes")
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    if encoding == "pcm_f32le":
+        if len(data) % 4:
+            raise AudioError("pcm_f32le frame length must be a multiple of 4 bytes")
+        samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        return np.clip(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+    raise AudioError(f"unsupported encoding {encoding!r}; use pcm_s16le or pcm_f32le")
+
+
+def as_float32(chunk: np.ndarray) -> np.ndarray:
+    """Accept float or int16 sample arrays and return sanitised float32."""
+    chunk = np.asarray(chunk)
+    if chunk.ndim != 1:
+        raise AudioError(f"expected mono 1-D samples, got shape {chunk.shape}")
+    if chunk.dtype == np.int16:
+        return chunk.astype(np.float32) / 32768.0
+    chunk = chunk.astype(np.float32, copy=False)
+    return np.clip(np.nan_to_num(chunk, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)

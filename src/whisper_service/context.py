@@ -1,0 +1,102 @@
+"""Per-session rolling context used as Whisper's ``initial_prompt``.
+
+Whisper conditions each decode on at most 223 prompt tokens (half of the 448-token text
+context, minus one). A streaming session keeps a static prompt (domain terms, names) that
+is never trimmed, followed by recently committed text that is trimmed oldest-first at word
+boundaries so the whole prompt, as faster-whisper sends it, fits ``max_context_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import tokenizers
+
+WHISPER_MAX_PROMPT_TOKENS = 223
+
+
+class RollingContext:
+    """Static prompt plus a bounded, oldest-first-trimmed tail of committed words."""
+
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        static_prompt: str = "",
+        max_context_tokens: int = WHISPER_MAX_PROMPT_TOKENS,
+    ) -> None:
+        if not 1 <= max_context_tokens <= WHISPER_MAX_PROMPT_TOKENS:
+            raise ValueError(
+                f"max_context_tokens must be between 1 and {WHISPER_MAX_PROMPT_TOKENS}, "
+                f"got {max_context_tokens}"
+            )
+        self._tokenizer = tokenizer
+        self._static_prompt = static_prompt.strip()
+        self._max_context_tokens = max_context_tokens
+        self._static_tokens = self._count(self._static_prompt) if self._static_prompt else 0
+        if self._static_tokens > max_context_tokens:
+            raise ValueError(
+                f"static prompt has {self._static_tokens} tokens, more than "
+                f"max_context_tokens={max_context_tokens}"
+            )
+        # (word, tokens of " " + word); the running sum avoids re-encoding on every trim.
+        self._words: deque[tuple[str, int]] = deque()
+        self._words_tokens = 0
+
+    @property
+    def static_prompt(self) -> str:
+        return self._static_prompt
+
+    @property
+    def max_context_tokens(self) -> int:
+        return self._max_context_tokens
+
+    @property
+    def committed_words(self) -> tuple[str, ...]:
+        return tuple(word for word, _ in self._words)
+
+    def _count(self, text: str) -> int:
+        """Tokens of ``text`` as faster-whisper encodes an initial_prompt string."""
+        return len(self._tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids)
+
+    def _drop_oldest(self) -> None:
+        self._words_tokens -= self._words.popleft()[1]
+
+    def append(self, text: str) -> None:
+        """Add committed text, then drop the oldest committed words until the prompt fits."""
+        budget = self._max_context_tokens - self._static_tokens
+        for word in text.split():
+            self._words.append((word, self._count(word)))
+            self._words_tokens += self._words[-1][1]
+            # Every word costs >= 1 token, so more than `budget` words can never fit:
+            # this keeps memory bounded however much text a session appends.
+            if len(self._words) > budget:
+                self._drop_oldest()
+        # Whisper's byte-level BPE pre-tokenizer (GPT-2 regex) never merges across a single
+        # space before a non-space, so per-word counts add up to the exact prompt count and
+        # trimming needs no re-encoding.
+        while self._words_tokens + self._static_tokens > self._max_context_tokens:
+            self._drop_oldest()
+
+    def prompt(self) -> str | None:
+        """The next decode's initial_prompt, or None when there is nothing to condition on."""
+        text = " ".join([self._static_prompt, *self.committed_words]).strip()
+        return text or None
+
+    def token_count(self) -> int:
+        """Tokens of prompt() as faster-whisper will send it (0 if there is no prompt)."""
+        text = self.prompt()
+        return self._count(text) if text is not None else 0
+
+    def reset(self) -> None:
+        """Forget committed text (e.g. a new utterance) but keep the static prompt."""
+        self._words.clear()
+        self._words_tokens = 0
+
+
+def init_context(
+    tokenizer: tokenizers.Tokenizer,
+    static_prompt: str = "",
+    max_context_tokens: int = WHISPER_MAX_PROMPT_TOKENS,
+) -> RollingContext:
+    """Create a session's rolling context; the ModelManager wraps this with its tokenizer."""
+    return RollingContext(tokenizer, static_prompt, max_context_tokens)

@@ -1,0 +1,241 @@
+"""ModelManager: one shared WhisperModel per (name, device, compute type) per process.
+
+Sessions never load models; they acquire a shared instance and release it. Reference counts
+keep eviction (idle TTL, a cap on loaded models) and `unload` from pulling weights out from
+under a session that still uses them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from . import registry
+from .config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+    from .context import RollingContext
+
+
+class ModelKey(NamedTuple):
+    name: str
+    device: str
+    compute_type: str
+
+
+class ModelInUseError(RuntimeError):
+    """Unloading or evicting a model that sessions still hold."""
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    key: ModelKey
+    model: WhisperModel
+    path: Path
+    load_seconds: float
+    refs: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self.model.model.is_multilingual)
+
+
+class ModelManager:
+    """Loads each model once, even when many threads ask at the same moment, and shares it."""
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        cpu_threads: int = 0,
+        num_workers: int = 1,
+        cache_dir: Path | None = None,
+        max_loaded: int = 0,
+        idle_ttl_s: float = 0.0,
+    ) -> None:
+        self.device, self.compute_type = device, compute_type
+        self.cpu_threads, self.num_workers = cpu_threads, num_workers
+        self.cache_dir = cache_dir or get_settings().cache_dir
+        self.max_loaded, self.idle_ttl_s = max_loaded, idle_ttl_s
+        self._lock = threading.Lock()
+        self._load_locks: dict[ModelKey, threading.Lock] = {}
+        self._loaded: dict[ModelKey, LoadedModel] = {}
+        self._load_counts: dict[ModelKey, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelManager:
+        return cls(
+            device=settings.device,
+            compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads,
+            num_workers=settings.num_workers,
+            cache_dir=settings.cache_dir,
+            max_loaded=settings.max_loaded_models,
+            idle_ttl_s=settings.model_idle_ttl_s,
+        )
+
+    def key(self, name: str) -> ModelKey:
+        return ModelKey(name, self.device, self.compute_type)
+
+    @property
+    def pipelines(self) -> Mapping[ModelKey, LoadedModel]:
+        """Read-only view of what is loaded right now."""
+        return MappingProxyType(self._loaded)
+
+    @property
+    def load_counts(self) -> Mapping[ModelKey, int]:
+        """How many times each model was loaded in this process (1 unless unloaded and reloaded)."""
+        return MappingProxyType(self._load_counts)
+
+    def get(self, name: str) -> LoadedModel:
+        """Return the shared model, loading it on first use. Does not take a reference."""
+        key = self.key(name)
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                loaded.last_used = time.monotonic()
+                return loaded
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:  # one loader per key; other keys load in parallel
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+            path = registry.resolve(name, self.cache_dir)
+            self.evict_idle()
+            self._make_room()
+            started = time.perf_counter()
+            model = self._load(path)
+            loaded = LoadedModel(key, model, path, time.perf_counter() - started)
+            with self._lock:
+                self._loaded[key] = loaded
+                self._load_counts[key] = self._load_counts.get(key, 0) + 1
+            return loaded
+
+    def acquire(self, name: str) -> LoadedModel:
+        """Take a reference: the model cannot be unloaded or evicted until it is released."""
+        while True:
+            loaded = self.get(name)
+            with self._lock:
+                if self._loaded.get(loaded.key) is loaded:  # not unloaded in between
+                    loaded.refs += 1
+                    loaded.last_used = time.monotonic()
+                    return loaded
+
+    def release(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            if loaded.refs <= 0:
+                raise RuntimeError(f"release of {loaded.key.name} without a matching acquire")
+            loaded.refs -= 1
+            loaded.last_used = time.monotonic()
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[LoadedModel]:
+        loaded = self.acquire(name)
+        try:
+            yield loaded
+        finally:
+            self.release(loaded)
+
+    def unload(self, name: str) -> bool:
+        """Free a model's weights now. Returns False if it was not loaded."""
+        key = self.key(name)
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                return False
+            if loaded.refs:
+                raise ModelInUseError(f"model {name!r} is in use by {loaded.refs} session(s)")
+            del self._loaded[key]
+        self._free(loaded)
+        return True
+
+    def evict_idle(self, now: float | None = None) -> list[str]:
+        """Unload models nobody holds that have been idle longer than the TTL."""
+        if not self.idle_ttl_s:
+            return []
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            stale = [m for m in self._loaded.values()
+                     if not m.refs and now - m.last_used >= self.idle_ttl_s]
+            for m in stale:
+                del self._loaded[m.key]
+        for m in stale:
+            self._free(m)
+        return [m.key.name for m in stale]
+
+    def init_context(self, name: str, static_prompt: str = "",
+                     max_context_tokens: int = 223) -> RollingContext:
+        """A fresh per-session rolling context that uses this model's tokenizer."""
+        from .context import init_context
+
+        return init_context(self.get(name).model.hf_tokenizer, static_prompt, max_context_tokens)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "device": self.device,
+                "compute_type": self.compute_type,
+                "loaded": {
+                    k.name: {"load_seconds": round(m.load_seconds, 3), "refs": m.refs,
+                             "multilingual": m.multilingual, "path": str(m.path)}
+                    for k, m in self._loaded.items()
+                },
+                "load_counts": {k.name: n for k, n in self._load_counts.items()},
+            }
+
+    def close(self) -> None:
+        """Unload everything (refs are ignored: the process is going away)."""
+        with self._lock:
+            models = list(self._loaded.values())
+            self._loaded.clear()
+        for m in models:
+            self._free(m)
+
+    def _load(self, path: Path) -> WhisperModel:
+        from faster_whisper import WhisperModel
+
+        return WhisperModel(str(path), device=self.device, compute_type=self.compute_type,
+                            cpu_threads=self.cpu_threads, num_workers=self.num_workers)
+
+    def _make_room(self) -> None:
+        """Under a cap, evict the least recently used model that nobody holds."""
+        if not self.max_loaded:
+            return
+        with self._lock:
+            if len(self._loaded) < self.max_loaded:
+                return
+            idle = sorted((m for m in self._loaded.values() if not m.refs),
+                          key=lambda m: m.last_used)
+            if not idle:
+                raise ModelInUseError(
+                    f"all {len(self._loaded)} loaded models are in use (max_loaded_models)")
+            victim = idle[0]
+            del self._loaded[victim.key]
+        self._free(victim)
+
+    @staticmethod
+    def _free(loaded: LoadedModel) -> None:
+        loaded.model.model.unload_model()
+        del loaded.model
+        gc.collect()
+        _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS; glibc keeps them otherwise and RSS stays high."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass

@@ -1,0 +1,76 @@
+"""Shared fixtures: one ModelManager per test run, each model loaded at most once."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+# A private model cache for this run, shared with CLI subprocesses through the environment,
+# and removed at the end so the suite leaves nothing behind.
+_CACHE = tempfile.mkdtemp(prefix="whisper-service-test-cache-")
+os.environ["WHISPER_SERVICE_CACHE_DIR"] = _CACHE
+_SUMMARY: dict[str, object] = {}
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """16 kHz mono int16 WAV to float32 (the committed test speech)."""
+    with wave.open(str(path)) as w:
+        assert w.getframerate() == 16000 and w.getnchannels() == 1
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
+
+
+def reference(name: str) -> str:
+    return (DATA / f"{name}.txt").read_text(encoding="utf-8").strip()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def model_manager():
+    from whisper_service.config import Settings
+    from whisper_service.models import ModelManager
+
+    manager = ModelManager.from_settings(Settings(cache_dir=Path(_CACHE)))
+    yield manager
+    counts = {k.name: n for k, n in manager.load_counts.items()}
+    _SUMMARY["models"] = {k.name: round(m.load_seconds, 2) for k, m in manager.pipelines.items()}
+    manager.close()
+    assert all(n == 1 for n in counts.values()), f"a model was loaded more than once: {counts}"
+
+
+@pytest.fixture(scope="session")
+def tiny_en(model_manager):
+    loaded = model_manager.acquire("tiny.en")
+    yield loaded
+    model_manager.release(loaded)
+
+
+@pytest.fixture(scope="session")
+def base(model_manager):
+    loaded = model_manager.acquire("base")
+    yield loaded
+    model_manager.release(loaded)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    models = _SUMMARY.get("models", {})
+    loaded = ", ".join(f"{n} (load {s}s)" for n, s in models.items()) or "none"
+    terminalreporter.write_sep("-", "memory summary")
+    terminalreporter.write_line(f"test process peak RSS: {peak_mb:.0f} MB; models loaded: {loaded}")

@@ -1,0 +1,126 @@
+"""ModelManager bookkeeping with a stand-in loader (no weights): threads, refs, eviction."""
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from whisper_service import models, registry
+from whisper_service.models import ModelInUseError, ModelManager
+
+
+class FakeWeights:
+    def __init__(self):
+        self.unloaded = False
+        self.is_multilingual = False
+
+    def unload_model(self):
+        self.unloaded = True
+
+
+@pytest.fixture
+def manager(monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "resolve", lambda name, cache: tmp_path / name)
+
+    def slow_load(self, path):
+        time.sleep(0.05)  # wide window for racing threads
+        return SimpleNamespace(model=FakeWeights(), path=path)
+
+    monkeypatch.setattr(ModelManager, "_load", slow_load)
+    return ModelManager(cache_dir=tmp_path)
+
+
+def test_32_threads_cause_one_load(manager):
+    barrier = threading.Barrier(32)
+    results = []
+
+    def worker():
+        barrier.wait()
+        results.append(manager.acquire("tiny.en"))
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 32
+    assert len({id(r.model) for r in results}) == 1
+    assert manager.load_counts[manager.key("tiny.en")] == 1
+    assert manager.pipelines[manager.key("tiny.en")].refs == 32
+
+
+def test_different_models_load_separately(manager):
+    a, b = manager.get("tiny.en"), manager.get("base")
+    assert a.model is not b.model
+    assert set(k.name for k in manager.pipelines) == {"tiny.en", "base"}
+    with pytest.raises(TypeError):
+        manager.pipelines[manager.key("x")] = a  # read-only view
+
+
+def test_unload_refuses_while_in_use_then_frees(manager):
+    with manager.use("base") as loaded:
+        weights = loaded.model.model
+        with pytest.raises(ModelInUseError, match="in use"):
+            manager.unload("base")
+    assert manager.unload("base") is True
+    assert weights.unloaded
+    assert manager.key("base") not in manager.pipelines
+    assert manager.unload("base") is False
+    manager.get("base")
+    assert manager.load_counts[manager.key("base")] == 2
+
+
+def test_release_without_acquire_is_an_error(manager):
+    loaded = manager.get("base")
+    with pytest.raises(RuntimeError, match="without a matching acquire"):
+        manager.release(loaded)
+
+
+def test_idle_ttl_evicts_only_unheld(manager):
+    manager.idle_ttl_s = 10
+    held = manager.acquire("tiny.en")
+    manager.get("base")
+    evicted = manager.evict_idle(now=time.monotonic() + 11)
+    assert evicted == ["base"]
+    assert manager.key("tiny.en") in manager.pipelines
+    manager.release(held)
+    assert manager.evict_idle(now=time.monotonic() + 11) == ["tiny.en"]
+
+
+def test_cap_evicts_least_recently_used(manager):
+    manager.max_loaded = 2
+    manager.get("a")
+    manager.get("b")
+    manager.get("a")  # b is now least recently used
+    manager.get("c")
+    assert {k.name for k in manager.pipelines} == {"a", "c"}
+    with manager.use("a"), manager.use("c"):
+        with pytest.raises(ModelInUseError, match="in use"):
+            manager.get("d")
+
+
+def test_stats_shape(manager):
+    with manager.use("tiny.en"):
+        stats = manager.stats()
+    assert stats["device"] == "cpu" and stats["compute_type"] == "int8"
+    assert stats["loaded"]["tiny.en"]["refs"] == 1
+    assert stats["load_counts"] == {"tiny.en": 1}
+
+
+def test_device_and_compute_type_pass_through(monkeypatch, tmp_path):
+    seen = {}
+
+    class Recorder:
+        def __init__(self, path, **kwargs):
+            seen.update(kwargs, path=path)
+
+    monkeypatch.setattr(registry, "resolve", lambda name, cache: tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "faster_whisper",
+                        SimpleNamespace(WhisperModel=Recorder))
+    manager = ModelManager(device="cuda", compute_type="float16", cpu_threads=3, num_workers=4,
+                           cache_dir=tmp_path)
+    manager.get("base")
+    assert seen == {"path": str(tmp_path), "device": "cuda", "compute_type": "float16",
+                    "cpu_threads": 3, "num_workers": 4}
+    assert models.ModelKey("base", "cuda", "float16") in manager.pipelines
