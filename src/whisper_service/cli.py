@@ -150,3 +150,100 @@ def models() -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     click.echo("Any other name is fetched from the Hugging Face Hub (needs network), "
                "or give a path to a CTranslate2 Whisper model directory.")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--model", "-m", default="tiny.en", show_default=True)
+@click.option("--language", "-l", default="auto", show_default=True, help=LANGUAGE_HELP)
+@click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe",
+              show_default=True)
+@click.option("--realtime", "mode", flag_value="realtime", help="Pace pushes at wall-clock speed.")
+@click.option("--fast", "mode", flag_value="fast", help="Push as fast as possible.")
+@click.option("--simulated", "mode", flag_value="simulated", default=True,
+              help="Default: audio clock advances by compute spent (latency includes compute).")
+@click.option("--chunk", default=0.1, show_default=True, type=click.FloatRange(0.001, 60),
+              help="Seconds of audio per push.")
+@click.option("--min-chunk", default=lambda: get_settings().min_chunk_s, type=float,
+              show_default="0.5", help="Seconds of new audio before re-decoding.")
+@click.option("--beam-size", default=lambda: get_settings().stream_beam_size, show_default="1",
+              type=click.IntRange(1, 20))
+@click.option("--static-prompt", default="", help="Names and terms; never trimmed.")
+@click.option("--words", is_flag=True, help="Include word timestamps in finals.")
+def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: float,
+           min_chunk: float, beam_size: int, static_prompt: str, words: bool) -> None:
+    """Stream FILE through a live session and print one JSON event per line."""
+    import json
+
+    from .audio import AudioError, decode_file
+    from .streaming import StreamingSession, StreamOptions, replay
+
+    settings = get_settings()
+    try:
+        audio = decode_file(file)
+        options = StreamOptions(language=_language(language), task=task, min_chunk_s=min_chunk,
+                                beam_size=beam_size, static_prompt=static_prompt,
+                                max_buffer_s=settings.max_buffer_s,
+                                max_context_tokens=settings.max_context_tokens)
+        manager = _manager()
+        _load(manager, model)
+        session = StreamingSession.open(manager, model, options)
+    except (AudioError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    finals = 0
+    with session:
+        for emitted_at, event in replay(session, audio, mode, chunk):
+            finals += event.type == "final"
+            click.echo(json.dumps({**event.to_dict(words=words),
+                                   "emitted_at": round(emitted_at, 3)}, ensure_ascii=False))
+        stats = session.stats
+    click.echo(json.dumps({"type": "done", "audio_s": round(stats["audio_s"], 3),
+                           "finals": finals, "decodes": stats["decodes"],
+                           "decode_s": round(stats["decode_s"], 3),
+                           "compute_per_audio_s": round(stats["decode_s"] / max(stats["audio_s"], 1e-9), 3),
+                           "language": session.language}))
+
+
+@main.command()
+@click.option("--host", default=lambda: get_settings().host, show_default="127.0.0.1")
+@click.option("--port", default=lambda: get_settings().port, type=int, show_default="8000")
+@click.option("--model", "-m", default=lambda: get_settings().default_model, show_default="base",
+              help="Default model, loaded at start-up.")
+@click.option("--max-sessions", type=int, default=lambda: get_settings().max_sessions,
+              show_default="16", help="Concurrent streaming sessions.")
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str, port: int, model: str, max_sessions: int, log_level: str) -> None:
+    """Start the HTTP and WebSocket server with the live transcription page."""
+    import asyncio
+
+    import uvicorn
+
+    from .registry import ModelNotFoundError, resolve
+    from .server import create_app
+
+    settings = get_settings().model_copy(update={"host": host, "port": port,
+                                                 "default_model": model,
+                                                 "max_sessions": max_sessions})
+    try:
+        resolve(model, settings.cache_dir)
+    except ModelNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        """On SIGINT/SIGTERM, first let open sessions send their last finals, then stop."""
+
+        def handle_exit(self, sig, frame):  # type: ignore[no-untyped-def]
+            if self.should_exit or not app.state.sessions:
+                return super().handle_exit(sig, frame)
+            asyncio.get_running_loop().create_task(self._drain_then_exit(sig, frame))
+
+        async def _drain_then_exit(self, sig, frame):  # type: ignore[no-untyped-def]
+            await app.state.drain()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            ws_max_size=settings.max_ws_message_bytes + 1024)
+    click.echo(f"Whisper Service: open http://{host}:{port}/ for live transcription "
+               f"(model {model})", err=True)
+    Server(config).run()

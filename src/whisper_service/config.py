@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     model_idle_ttl_s: float = Field(default=0.0, ge=0, description="0 means never evict")
 
     # Streaming
-    min_chunk_s: float = Field(default=0.6, gt=0)
+    min_chunk_s: float = Field(default=0.5, gt=0)
+    stream_beam_size: int = Field(default=1, ge=1, le=10)
     max_buffer_s: float = Field(default=15.0, gt=2)
     max_context_tokens: int = Field(default=223, ge=1, le=223)
 

@@ -1,0 +1,47 @@
+"""Guards against Whisper's known failure modes in streaming: loops and invented text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .text import normalize
+from .transcribe import Segment
+
+# Phrases Whisper is known to produce from silence or noise (its training data's credits and
+# outros). Credits never occur in live speech, so they always go; the short courtesies are
+# real speech too, so they go only when the model itself was unsure.
+_CREDITS = ("subtitles by", "amara org", "captions by", "transcribed by", "please subscribe",
+            "like and subscribe", "thanks for watching", "thank you for watching",
+            "don't forget to subscribe")
+_COURTESIES = {"thank you", "thanks", "you", "bye", "bye bye", "thank you very much",
+               "thank you so much", "okay", "so", "oh", "uh", "um", "hmm"}
+
+
+def is_hallucination(segment: Segment) -> bool:
+    text = normalize(segment.text)
+    if not text:
+        return True
+    if any(c in text for c in _CREDITS):
+        return True
+    unsure = segment.no_speech_prob > 0.3 or segment.avg_logprob < -0.8
+    if text in _COURTESIES and unsure:
+        return True
+    # Whisper's own silence rule: likely no speech and a low-confidence decode.
+    return segment.no_speech_prob > 0.6 and segment.avg_logprob < -1.0
+
+
+def loop_start(words: Sequence[str], max_n: int = 6, min_repeats: int = 3) -> int | None:
+    """Index where an n-gram starts repeating back-to-back `min_repeats` times, else None.
+
+    Single words need more repeats ("no, no, no" is speech); longer n-grams fewer.
+    """
+    norm = [normalize(w) for w in words]
+    for n in range(1, max_n + 1):
+        needed = max(min_repeats, 5) if n == 1 else min_repeats
+        for i in range(0, len(norm) - n * needed + 1):
+            gram = norm[i:i + n]
+            if not all(gram):
+                continue
+            if all(norm[i + k * n:i + (k + 1) * n] == gram for k in range(1, needed)):
+                return i + n  # keep the first occurrence
+    return None

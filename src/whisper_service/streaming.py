@@ -1,0 +1,402 @@
+"""Streaming sessions: audio -> VAD -> session buffer -> decode -> LocalAgreement -> events.
+
+A session owns only small, bounded state (a few seconds of audio, VAD state, its rolling
+context, the policy's last hypothesis). The model is shared and reached through one call,
+`Decoder.decode`, so a batching scheduler can later sit behind it unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, as_float32
+from .context import RollingContext
+from .guards import is_hallucination, loop_start
+from .text import normalize
+from .transcribe import Decoder, DecodeRequest, Task, TranscribeOptions
+from .vad import SileroVAD, VADIterator, VadOptions, get_vad_model
+
+if TYPE_CHECKING:
+    from .models import ModelManager
+
+BLOCK = 1600  # 100 ms: VAD and utterance ends run on fixed blocks, whatever the push size
+PREROLL = SAMPLE_RATE  # audio kept before a VAD start, which arrives after the speech began
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    language: str | None = None
+    task: Task = "transcribe"
+    min_chunk_s: float = 0.5
+    max_buffer_s: float = 15.0
+    beam_size: int = 1  # greedy: LocalAgreement supplies stability, beams cost latency
+    static_prompt: str = ""
+    max_context_tokens: int = 223
+    vad: VadOptions = field(default_factory=VadOptions)
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.min_chunk_s <= 5:
+            raise ValueError("min_chunk_s must be between 0.1 and 5 seconds")
+        if not 2 <= self.max_buffer_s <= 30:
+            raise ValueError("max_buffer_s must be between 2 and 30 seconds (Whisper's window)")
+        if self.min_chunk_s > self.max_buffer_s / 2:
+            raise ValueError("min_chunk_s must be at most half of max_buffer_s")
+
+
+@dataclass(frozen=True)
+class StreamWord:
+    start: float
+    end: float
+    text: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """`partial`: the uncommitted tail, replaced by the next one. `final`: never changes."""
+
+    type: Literal["partial", "final"]
+    start: float
+    end: float
+    text: str
+    words: tuple[StreamWord, ...] = ()
+    language: str | None = None
+
+    def to_dict(self, words: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "start": round(self.start, 3),
+                               "end": round(self.end, 3), "text": self.text}
+        if self.type == "final":
+            out["language"] = self.language
+            if words:
+                out["words"] = [{**asdict(w), "text": w.text.strip()} for w in self.words]
+        return out
+
+
+class LocalAgreement:
+    """LocalAgreement-2 (Machacek et al., 2023): commit the longest common word prefix of the
+    last two hypotheses. Word times are absolute, so the policy survives buffer trims."""
+
+    def __init__(self) -> None:
+        self.last_committed_end = 0.0
+        self._previous: list[StreamWord] = []
+        self._tail: list[str] = []  # last few committed words, to drop re-decoded overlap
+
+    @property
+    def tentative(self) -> list[StreamWord]:
+        return self._previous
+
+    def update(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+        new = self._unseen(hypothesis)
+        commit: list[StreamWord] = []
+        for a, b in zip(new, self._previous):
+            if normalize(a.text) != normalize(b.text):
+                break
+            commit.append(a)
+        self._previous = new[len(commit):]
+        self._remember(commit)
+        return commit
+
+    def commit_all(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+        """End of utterance: everything not yet committed becomes final."""
+        commit = self._unseen(hypothesis)
+        self._previous = []
+        self._remember(commit)
+        return commit
+
+    def reset(self) -> None:
+        self._previous, self._tail = [], []
+
+    def _unseen(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+        new = [w for w in hypothesis if w.start > self.last_committed_end - 0.1]
+        # Only words starting right where the commit ended can be a re-decode of it; later ones
+        # are the speaker really repeating a phrase.
+        if new and self._tail and new[0].start - self.last_committed_end < 0.25:
+            for n in range(min(len(self._tail), len(new), 5), 0, -1):
+                if [normalize(w) for w in self._tail[-n:]] == [normalize(w.text) for w in new[:n]]:
+                    return new[n:]
+        return new
+
+    def _remember(self, commit: list[StreamWord]) -> None:
+        if commit:
+            self.last_committed_end = commit[-1].end
+            self._tail = (self._tail + [w.text for w in commit])[-5:]
+
+
+class StreamingSession:
+    """One client's stream. `push` audio of any size; `end_of_stream` finalizes everything."""
+
+    def __init__(self, decoder: Decoder, context: RollingContext,
+                 options: StreamOptions | None = None, vad_model: SileroVAD | None = None,
+                 on_decode: Callable[[float], None] | None = None) -> None:
+        self.options = options or StreamOptions()
+        self._language = self.options.language
+        self._detected: str | None = None
+        decoder.check(self._transcribe_options(None))
+        self._decoder, self.context, self._on_decode = decoder, context, on_decode
+        self._vad = VADIterator(vad_model or get_vad_model(), self.options.vad)
+        self._policy = LocalAgreement()
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._audio = np.zeros(0, dtype=np.float32)  # the session buffer
+        self._audio_start = 0  # absolute sample of _audio[0]
+        self._in_speech = False
+        self._decoded_until = 0
+        self._hypothesis: list[StreamWord] = []
+        self._boundaries: list[float] = []  # segment ends of the last decode: safe trim points
+        self._in_buffer: list[StreamWord] = []  # committed words whose audio is still buffered
+        self._last_final_end = 0.0
+        self._partial = ""
+        self._closed = False
+        self._release: Callable[[], None] | None = None
+        self.stats = {"audio_s": 0.0, "decodes": 0, "decode_s": 0.0, "finals": 0, "loops": 0}
+
+    @classmethod
+    def open(cls, manager: ModelManager, model: str, options: StreamOptions | None = None,
+             **kwargs: Any) -> StreamingSession:
+        """A session on a shared model; `close()` gives the model reference back."""
+        options = options or StreamOptions()
+        loaded = manager.acquire(model)
+        try:
+            context = manager.init_context(model, options.static_prompt,
+                                           options.max_context_tokens)
+            session = cls(Decoder(loaded), context, options, **kwargs)
+        except BaseException:
+            manager.release(loaded)
+            raise
+        session._release = lambda: manager.release(loaded)
+        return session
+
+    def close(self) -> None:
+        self._closed = True
+        self._audio = self._pending = np.zeros(0, dtype=np.float32)
+        release, self._release = self._release, None
+        if release:
+            release()
+
+    def __enter__(self) -> StreamingSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def language(self) -> str | None:
+        return self._language
+
+    @property
+    def buffered_seconds(self) -> float:
+        return (len(self._audio) + len(self._pending)) / SAMPLE_RATE
+
+    def push(self, chunk: np.ndarray) -> list[StreamEvent]:
+        """Feed 16 kHz mono PCM (float32 or int16) of any size.
+
+        At most one re-decode runs per push (plus one per utterance end, and one whenever the
+        buffer reaches its cap), so a client that fell behind catches up by pushing everything
+        it has queued at once instead of paying one decode per queued frame.
+        """
+        if self._closed:
+            raise RuntimeError("session is closed")
+        samples = as_float32(chunk)
+        self.stats["audio_s"] += len(samples) / SAMPLE_RATE
+        self._pending = np.concatenate([self._pending, samples])
+        whole = len(self._pending) // BLOCK * BLOCK
+        events: list[StreamEvent] = []
+        for i in range(0, whole, BLOCK):
+            events += self._process(self._pending[i:i + BLOCK], last=i + BLOCK == whole)
+        self._pending = self._pending[whole:].copy()
+        return events
+
+    def end_of_stream(self) -> list[StreamEvent]:
+        """Finalize: flush the remainder through VAD and commit whatever is left."""
+        if self._closed:
+            return []
+        events = self._process(self._pending, last=True) if len(self._pending) else []
+        self._pending = np.zeros(0, dtype=np.float32)
+        for event in self._vad.flush():
+            events += self._on_vad(event.kind, event.sample)
+        if self._in_speech:
+            events += self._end_utterance(self._audio_start + len(self._audio))
+        return events
+
+    # -- the data path, one block at a time -------------------------------------------------
+
+    def _process(self, block: np.ndarray, last: bool) -> list[StreamEvent]:
+        self._audio = np.concatenate([self._audio, block])
+        events: list[StreamEvent] = []
+        for event in self._vad(block):
+            events += self._on_vad(event.kind, event.sample)
+        end = self._audio_start + len(self._audio)
+        if self._in_speech:
+            due = end - self._decoded_until >= self.options.min_chunk_s * SAMPLE_RATE
+            full = len(self._audio) >= (self.options.max_buffer_s - self.options.min_chunk_s) \
+                * SAMPLE_RATE
+            if due and (last or full):
+                events += self._step()
+        elif len(self._audio) > PREROLL:
+            self._drop_until(end - PREROLL)
+        return events
+
+    def _on_vad(self, kind: str, sample: int) -> list[StreamEvent]:
+        if kind == "start":
+            self._drop_until(sample)
+            self._in_speech, self._decoded_until = True, self._audio_start
+            self._policy.reset()
+            self._hypothesis, self._in_buffer = [], []
+            return []
+        return self._end_utterance(sample)
+
+    def _step(self) -> list[StreamEvent]:
+        """Re-decode the buffer, commit what two hypotheses agree on, trim if long."""
+        self._hypothesis = self._decode()
+        events = self._finals(self._policy.update(self._hypothesis))
+        events += self._trim()
+        events += self._partial_event()
+        return events
+
+    def _end_utterance(self, end_sample: int) -> list[StreamEvent]:
+        end_sample = min(end_sample, self._audio_start + len(self._audio))
+        events: list[StreamEvent] = []
+        if self._in_speech:
+            if end_sample - self._decoded_until > 0.1 * SAMPLE_RATE:
+                self._hypothesis = self._decode(end_sample)
+            events = self._finals(self._policy.commit_all(self._hypothesis))
+            events += self._partial_event()
+            self._forget_committed(float("inf"))
+        self._in_speech = False
+        self._policy.reset()
+        self._hypothesis = []
+        self._drop_until(end_sample)
+        return events
+
+    def _decode(self, end_sample: int | None = None) -> list[StreamWord]:
+        stop = len(self._audio) if end_sample is None else end_sample - self._audio_start
+        audio, offset = self._audio[:stop], self._audio_start / SAMPLE_RATE
+        started = time.perf_counter()
+        result = self._decoder.decode(
+            DecodeRequest(audio, self._transcribe_options(self.context.prompt())))
+        elapsed = time.perf_counter() - started
+        self.stats["decodes"] += 1
+        self.stats["decode_s"] += elapsed
+        if self._on_decode:
+            self._on_decode(elapsed)
+        self._decoded_until = self._audio_start + stop
+        if self._language is None and self._decoder.loaded.multilingual \
+                and result.language_probability >= 0.5:
+            self._language = result.language  # detected once with confidence, then kept
+        self._detected = result.language
+        words, self._boundaries = [], []
+        for seg in result.segments:
+            if is_hallucination(seg):
+                continue
+            words += [StreamWord(offset + w.start, offset + w.end, w.word, w.probability)
+                      for w in seg.words]
+            self._boundaries.append(offset + seg.end)
+        cut = loop_start([w.text for w in words])
+        if cut is not None:  # never commit a loop, and don't prompt with what may have caused it
+            words = words[:cut]
+            self.stats["loops"] += 1
+            self.context.reset()
+        return words
+
+    def _transcribe_options(self, prompt: str | None) -> TranscribeOptions:
+        return TranscribeOptions(
+            language=self._language,
+            task=self.options.task, beam_size=self.options.beam_size, word_timestamps=True,
+            vad_filter=False, initial_prompt=prompt, condition_on_previous_text=False,
+            temperature=0.0)  # fallback re-decodes cost more than the loop guard saves
+
+    def _finals(self, words: list[StreamWord]) -> list[StreamEvent]:
+        if not words:
+            return []
+        self._in_buffer += words
+        start = max(words[0].start, self._last_final_end)
+        end = max(words[-1].end, start)
+        self._last_final_end = end
+        self.stats["finals"] += 1
+        text = "".join(w.text for w in words).strip()
+        return [StreamEvent("final", start, end, text, tuple(words),
+                            self._language or self._detected)]
+
+    def _partial_event(self) -> list[StreamEvent]:
+        tail = self._policy.tentative
+        text = "".join(w.text for w in tail).strip()
+        if text == self._partial:
+            return []
+        self._partial = text
+        if not tail:
+            return [StreamEvent("partial", self._last_final_end, self._last_final_end, "")]
+        return [StreamEvent("partial", max(tail[0].start, self._last_final_end), tail[-1].end,
+                            text)]
+
+    def _trim(self) -> list[StreamEvent]:
+        """Keep decode cost bounded: cut the buffer at a committed sentence or segment end."""
+        buffered = len(self._audio) / SAMPLE_RATE
+        events: list[StreamEvent] = []
+        if buffered < self.options.max_buffer_s / 2:
+            return events
+        room = self.options.max_buffer_s - self.options.min_chunk_s  # the next decode adds more
+        full = buffered > room
+        end = (self._audio_start + len(self._audio)) / SAMPLE_RATE
+        done = self._policy.last_committed_end
+        cuts = [w.end for w in self._in_buffer if w.text.rstrip().endswith((".", "?", "!"))]
+        cuts += [b for b in self._boundaries if b <= done + 0.01]
+        if full and self._in_buffer:
+            cuts.append(done)  # over the cap: any committed word will do
+        cut = max(cuts, default=None)
+        if full and (cut is None or end - cut > room):
+            # Nothing agreed for a whole buffer: the latest hypothesis is the best there is for
+            # its older half, so that half becomes final and leaves the buffer.
+            cut = end - self.options.max_buffer_s / 2
+            older = [w for w in self._hypothesis if w.start < cut]
+            cut = max([cut] + [w.end for w in older])
+            events = self._finals(self._policy.commit_all(older))
+            self._policy.reset()
+            self._hypothesis = [w for w in self._hypothesis if w.start >= cut]
+        if cut is not None and cut * SAMPLE_RATE > self._audio_start:
+            self._forget_committed(cut)
+            self._drop_until(int(cut * SAMPLE_RATE))
+        return events
+
+    def _forget_committed(self, until: float) -> None:
+        """Committed words whose audio leaves the buffer become prompt context."""
+        gone = [w for w in self._in_buffer if w.end <= until + 0.01]
+        if gone:
+            self.context.append("".join(w.text for w in gone))
+            self._in_buffer = self._in_buffer[len(gone):]
+
+    def _drop_until(self, sample: int) -> None:
+        drop = min(max(0, sample - self._audio_start), len(self._audio))
+        if drop:
+            self._audio = self._audio[drop:].copy()
+            self._audio_start += drop
+        self._decoded_until = max(self._decoded_until, self._audio_start)
+
+
+ReplayMode = Literal["simulated", "realtime", "fast"]
+
+
+def replay(session: StreamingSession, audio: np.ndarray, mode: ReplayMode = "simulated",
+           chunk_s: float = 0.1) -> Iterator[tuple[float, StreamEvent]]:
+    """Push a recording through a session as a live client would, yielding (emitted_at, event).
+
+    `simulated` (computation-aware): audio becomes available at its own time, and the clock
+    also advances by the compute actually spent, so latencies include compute without waiting
+    in real time. `realtime` paces pushes by the wall clock; `fast` pushes without pause.
+    """
+    step = max(1, int(chunk_s * SAMPLE_RATE))
+    clock, started = 0.0, time.perf_counter()
+    chunks = [(audio[i:i + step], (i + step) / SAMPLE_RATE) for i in range(0, len(audio), step)]
+    for chunk, available_at in [*chunks, (None, len(audio) / SAMPLE_RATE)]:
+        if mode == "realtime":
+            time.sleep(max(0.0, available_at - (time.perf_counter() - started)))
+        spent = time.perf_counter()
+        events = session.push(chunk) if chunk is not None else session.end_of_stream()
+        spent = time.perf_counter() - spent
+        clock = max(clock, available_at) + spent
+        emitted_at = clock if mode == "simulated" else time.perf_counter() - started
+        for event in events:
+            yield emitted_at, event

