@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT    := espeak-ng
+APT    := espeak-ng chromium
 
 .PHONY: run test install system-deps bench clean
 

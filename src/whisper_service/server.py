@@ -301,7 +301,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                 for item in items:
                     if isinstance(item, ProtocolError):
                         await ws.send_json(item.to_dict())
-                    elif item == "end":
+                    elif isinstance(item, str):  # "end"
                         await _finish(ws, session, config, "end of stream", 1000)
                         return
                 if time.monotonic() - started > settings.max_session_s:

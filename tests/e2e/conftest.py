@@ -1,0 +1,75 @@
+"""End-to-end fixtures: a real `whisper-service serve` process on a free local port.
+
+The server runs in its own process, so its model load does not count against the test
+process's one-load-per-model budget (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+READY_TIMEOUT_S = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=2) as res:
+            return res.status == 200
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """Base URL (no trailing slash) of a server with tiny.en loaded; stopped after the session."""
+    exe = Path(sys.executable).with_name("whisper-service")
+    assert exe.exists(), f"console script not found next to the interpreter: {exe}"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ)  # inherits WHISPER_SERVICE_CACHE_DIR from tests/conftest.py
+    log = tempfile.TemporaryFile(mode="w+b", prefix="whisper-service-e2e-")
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--model", "tiny.en",
+         "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+
+    def output() -> str:
+        log.seek(0)
+        return log.read().decode("utf-8", "replace")[-4000:]
+
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _ready(url):
+            if proc.poll() is not None:
+                pytest.fail(f"whisper-service exited with {proc.returncode}:\n{output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"whisper-service not ready within {READY_TIMEOUT_S:.0f} s:\n{output()}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        log.close()

@@ -1,0 +1,202 @@
+"""The live page in a real headless Chromium against a real `whisper-service serve`.
+
+Chromium's fake capture device plays a WAV file (looped) as the microphone, so the whole path
+getUserMedia -> AudioWorklet -> 16 kHz PCM over /v1/stream -> finals in the DOM is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import DATA, read_wav
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+FAKE_RATE = 48000
+EXPECTED_WORDS = ("quick", "lazy", "dog", "sea", "shore")
+FINALS_TIMEOUT_MS = 40_000
+
+
+def _fake_mic_wav(path: Path) -> Path:
+    """tests/data/en_short.wav at 48 kHz (Chromium's fake capture is safest at 44.1/48 kHz),
+    with silence around the speech so the server's VAD closes the utterance each loop."""
+    speech = read_wav(DATA / "en_short.wav")
+    n_out = int(round(len(speech) * FAKE_RATE / 16000))
+    t_out = np.arange(n_out) * (16000 / FAKE_RATE)
+    up = np.interp(t_out, np.arange(len(speech)), speech)
+    audio = np.concatenate([np.zeros(FAKE_RATE // 4), up, np.zeros(FAKE_RATE * 5 // 4)])
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(FAKE_RATE)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (make test does this)")
+    wav = _fake_mic_wav(tmp_path_factory.mktemp("fake-mic") / "mic.wav")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-quic",
+                "--disable-sync",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page_errors() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def page(browser, live_server, page_errors):
+    context = browser.new_context(viewport={"width": 1000, "height": 1100})
+    context.grant_permissions(["microphone"], origin=live_server)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    # Uncaught exceptions on the page fail the test (checked at the end of each test).
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    page.goto(f"{live_server}/")
+    # The model list comes from GET /v1/models; wait until the server's list replaced the
+    # built-in fallback (the server's labels mention whether a model is loaded).
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#model option')]"
+        ".some(o => o.value === 'tiny.en' && o.textContent.includes('English-only'))")
+    page.select_option("#model", "tiny.en")
+    yield page
+    context.close()
+
+
+def _found_words(text: str) -> set[str]:
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return {w for w in EXPECTED_WORDS if w in words}
+
+
+def test_live_microphone_transcription(page, page_errors):
+    sent_configs: list[dict] = []
+    audio_bytes = [0]
+
+    def on_websocket(ws):
+        def on_frame(payload):
+            if isinstance(payload, (bytes, bytearray)):
+                audio_bytes[0] += len(payload)
+            else:
+                msg = json.loads(payload)
+                if msg.get("type") == "config":
+                    sent_configs.append(msg)
+        ws.on("framesent", on_frame)
+
+    page.on("websocket", on_websocket)
+    expect = sync_api.expect
+    expect(page.locator("#stop")).to_be_disabled()
+
+    page.click("#start")
+    expect(page.locator("#stop")).to_be_enabled()
+    expect(page.locator("#status")).to_have_text(re.compile(r"^Listening: tiny\.en"),
+                                                 timeout=30_000)
+
+    page.wait_for_function(
+        """(words) => {
+            const text = [...document.querySelectorAll('#transcript .final')]
+                .map(e => e.textContent).join(' ').toLowerCase();
+            return words.filter(w => new RegExp(`\\\\b${w}\\\\b`).test(text)).length >= 2;
+        }""",
+        arg=list(EXPECTED_WORDS),
+        timeout=FINALS_TIMEOUT_MS,
+    )
+    finals = page.locator("#transcript .final").all_text_contents()
+    found = _found_words(" ".join(finals))
+    assert len(found) >= 2, f"expected at least two of {EXPECTED_WORDS} in finals {finals}"
+    assert not page.locator("#transcript").evaluate("e => e.classList.contains('is-empty')")
+
+    # The partial (unconfirmed) text must look different from the confirmed finals.
+    style = "e => { const s = getComputedStyle(e); return [s.color, s.fontStyle]; }"
+    partial_style = page.locator("#partial").evaluate(style)
+    final_style = page.locator("#transcript .final").first.evaluate(style)
+    assert partial_style != final_style, f"partial {partial_style} looks like final {final_style}"
+
+    page.click("#stop")
+    status = page.locator("#status")
+    expect(status).to_have_text(re.compile(r"^Done: \d+\.\d s of audio, \d+ segments?\."),
+                                timeout=20_000)
+    expect(status).to_have_attribute("data-kind", "ok")
+    expect(page.locator("#start")).to_be_enabled()
+    expect(page.locator("#stop")).to_be_disabled()
+    expect(page.locator("#model")).to_be_enabled()
+
+    done_seconds = float(re.search(r"Done: ([\d.]+) s", status.text_content()).group(1))
+    assert done_seconds >= 3.0, f"server saw only {done_seconds} s of audio"
+    assert len(sent_configs) == 1, sent_configs
+    config = sent_configs[0]
+    assert config["model"] == "tiny.en"
+    assert config["sample_rate"] == 16000 and config["encoding"] == "pcm_s16le"
+    # 16 kHz Int16 mono: the bytes sent must match the audio the server counted (±0.5 s).
+    assert abs(audio_bytes[0] / 32000 - done_seconds) < 0.5, (audio_bytes[0], done_seconds)
+    assert page_errors == [], page_errors
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
+
+
+def test_file_upload_srt(page, page_errors):
+    srt = pytest.importorskip("srt")
+    expect = sync_api.expect
+    result = page.locator("#file-result")
+    download = page.locator("#download")
+    expect(download).to_be_hidden()
+
+    page.set_input_files("#file", str(DATA / "en_short.wav"))
+    page.select_option("#format", "srt")
+    page.click("#upload")
+
+    expect(result).to_contain_text("-->", timeout=30_000)
+    expect(result).to_contain_text(re.compile("lazy", re.IGNORECASE))
+    expect(page.locator("#status")).to_have_text(re.compile(r"^en_short\.wav: done in"))
+    expect(page.locator("#status")).to_have_attribute("data-kind", "ok")
+    expect(page.locator("#upload")).to_be_enabled()
+
+    subtitles = list(srt.parse(result.text_content()))
+    assert subtitles, "no subtitles parsed"
+    assert all(s.start < s.end for s in subtitles)
+    assert subtitles[-1].end.total_seconds() <= 7.5  # the clip is 6.7 s long
+    assert len(_found_words(" ".join(s.content for s in subtitles))) >= 3
+
+    expect(download).to_be_visible()
+    name = download.get_attribute("download")
+    assert name and name.endswith(".srt"), name
+    assert name == "en_short.srt"
+    href = download.get_attribute("href")
+    assert href and href.startswith("blob:")
+    # The download link carries the same text that is shown.
+    blob_text = page.evaluate("async (u) => (await fetch(u)).text()", href)
+    assert blob_text.strip() == result.text_content().strip()
+    assert page_errors == [], page_errors
