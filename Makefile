@@ -10,7 +10,7 @@ APT    := espeak-ng chromium
 .PHONY: run test install system-deps bench clean
 
 run: install
-	$(BIN)/whisper-service transcribe tests/data/en_short.wav
+	$(BIN)/whisper-service serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
 
 test: install
 	$(BIN)/pytest
@@ -32,6 +32,8 @@ $(VENV)/.installed: pyproject.toml
 
 bench: install
 	$(BIN)/python bench/transcribe.py
+	$(BIN)/python bench/streaming.py
+	$(BIN)/python bench/server.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

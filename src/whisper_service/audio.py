@@ -59,11 +59,13 @@ def pcm_to_float(data: bytes, encoding: Encoding) -> np.ndarray:
 
 
 def as_float32(chunk: np.ndarray) -> np.ndarray:
-    """Accept float or int16 sample arrays and return sanitised float32."""
+    """Validate and normalise samples so garbage (NaN, inf, clipping) cannot poison model state."""
     chunk = np.asarray(chunk)
     if chunk.ndim != 1:
         raise AudioError(f"expected mono 1-D samples, got shape {chunk.shape}")
     if chunk.dtype == np.int16:
         return chunk.astype(np.float32) / 32768.0
-    chunk = chunk.astype(np.float32, copy=False)
-    return np.clip(np.nan_to_num(chunk, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+    if not np.issubdtype(chunk.dtype, np.floating):
+        raise AudioError(f"expected float32 or int16 samples, got dtype {chunk.dtype}")
+    samples = np.nan_to_num(chunk.astype(np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(samples, -1.0, 1.0, out=samples)

@@ -15,6 +15,8 @@ import numpy as np
 import onnxruntime
 from faster_whisper.utils import get_assets_path
 
+from .audio import as_float32
+
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 512  # Silero's fixed window at 16 kHz.
 CONTEXT_SAMPLES = 64  # Tail of the previous window the v5/v6 model expects in front of each window.
@@ -168,7 +170,7 @@ class VADIterator:
 
     def __call__(self, chunk: np.ndarray) -> list[VadEvent]:
         """Feed audio (1-D float32 in [-1, 1] or int16) and return the events it completed."""
-        samples = _to_float32(chunk)
+        samples = as_float32(chunk)
         if samples.size == 0:
             return []
         self._received += samples.size
@@ -232,16 +234,3 @@ class VADIterator:
             return None
         self._last_end = min(temp_end + self._pad, self._scored)
         return VadEvent("end", self._last_end)
-
-
-def _to_float32(chunk: np.ndarray) -> np.ndarray:
-    """Validate and normalise input so garbage (NaN/inf/clipping) cannot poison the LSTM state."""
-    chunk = np.asarray(chunk)
-    if chunk.ndim != 1:
-        raise ValueError(f"VAD input must be 1-D mono audio; got shape {chunk.shape}")
-    if chunk.dtype == np.int16:
-        return chunk.astype(np.float32) / 32768.0
-    if not np.issubdtype(chunk.dtype, np.floating):
-        raise ValueError(f"VAD input must be float32 or int16; got dtype {chunk.dtype}")
-    samples = np.nan_to_num(chunk.astype(np.float32), copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
-    return np.clip(samples, -1.0, 1.0, out=samples)

@@ -61,7 +61,8 @@ def live_server():
             if proc.poll() is not None:
                 pytest.fail(f"whisper-service exited with {proc.returncode}:\n{output()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"whisper-service not ready within {READY_TIMEOUT_S:.0f} s:\n{output()}")
+                pytest.fail(f"whisper-service not ready within {READY_TIMEOUT_S:.0f} s:\n"
+                            f"{output()}")
             time.sleep(0.25)
         yield url
     finally:
