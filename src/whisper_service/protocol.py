@@ -93,7 +93,8 @@ def parse_config(message: dict[str, Any]) -> StreamConfig:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         code = "unsupported_sample_rate" if where == "sample_rate" else "invalid_config"
-        raise ProtocolError(code, f"{where}: {first['msg']}") from None
+        reason = first["msg"].removeprefix("Value error, ")
+        raise ProtocolError(code, f"{where}: {reason}") from None
 
 
 class Resampler:

@@ -88,8 +88,8 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
     @app.middleware("http")
     async def api_key_guard(request: Request, call_next):
-        if request.url.path != "/health" and not authorized(request.headers,
-                                                            request.query_params):
+        public = request.url.path in ("/health", "/") or request.url.path.startswith("/static/")
+        if not public and not authorized(request.headers, request.query_params):
             metrics.rejected.labels("unauthorized").inc()
             return _error(401, "unauthorized", "missing or invalid API key")
         return await call_next(request)
@@ -247,7 +247,9 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                     on_decode=metrics.decode_seconds.labels("stream").observe)
             except ModelNotFoundError as exc:
                 raise ProtocolError("model_not_found", str(exc)) from None
-            except (ValueError, ModelInUseError) as exc:
+            except ModelInUseError as exc:
+                raise ProtocolError("server_busy", str(exc), 1013) from None
+            except ValueError as exc:
                 raise ProtocolError("invalid_config", str(exc)) from None
             await ws.send_json({"type": "ready", "session_id": session_id, "config": {
                 **config.model_dump(), "model": name, "min_chunk_s": options.min_chunk_s}})
@@ -301,8 +303,9 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                 for item in items:
                     if isinstance(item, ProtocolError):
                         await ws.send_json(item.to_dict())
-                    elif isinstance(item, str):  # "end"
-                        await _finish(ws, session, config, "end of stream", 1000)
+                    elif isinstance(item, str):  # "end", or why the reader stopped
+                        reason = "end of stream" if item == "end" else item
+                        await _finish(ws, session, config, reason, 1000)
                         return
                 if time.monotonic() - started > settings.max_session_s:
                     await ws.send_json(ProtocolError(
@@ -313,6 +316,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         finally:
             for task in (reader, finisher):
                 task.cancel()
+            await asyncio.gather(reader, finisher, return_exceptions=True)
 
     async def _read_frames(ws: WebSocket, queue: asyncio.Queue[Any], resample: Resampler) -> None:
         while True:
@@ -320,7 +324,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                 message = await _receive(ws, settings.idle_timeout_s)
             except ProtocolError as exc:
                 await queue.put(exc)
-                await queue.put("end")
+                await queue.put("idle timeout")
                 return
             data, text = message.get("bytes"), message.get("text")
             if data is not None:
