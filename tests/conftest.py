@@ -24,7 +24,7 @@ _SUMMARY: dict[str, object] = {}
 def read_wav(path: Path) -> np.ndarray:
     """16 kHz mono int16 WAV to float32 (the committed test speech)."""
     with wave.open(str(path)) as w:
-        assert w.getframerate() == 16000 and w.getnchannels() == 1
+        assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
 
 

@@ -176,6 +176,7 @@ def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: f
     import json
 
     from .audio import AudioError, decode_file
+    from .registry import ModelNotFoundError
     from .streaming import StreamingSession, StreamOptions, replay
 
     settings = get_settings()
@@ -185,10 +186,8 @@ def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: f
                                 beam_size=beam_size, static_prompt=static_prompt,
                                 max_buffer_s=settings.max_buffer_s,
                                 max_context_tokens=settings.max_context_tokens)
-        manager = _manager()
-        _load(manager, model)
-        session = StreamingSession.open(manager, model, options)
-    except (AudioError, ValueError) as exc:
+        session = StreamingSession.open(_manager(), model, options)
+    except (AudioError, ModelNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     finals = 0
     with session:

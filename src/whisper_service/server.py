@@ -23,13 +23,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from .audio import AudioError, decode_file
+from .audio import SAMPLE_RATE, AudioError, decode_file
 from .config import Settings, get_settings
 from .formats import MEDIA_TYPES, render
 from .metrics import Metrics
 from .models import ModelInUseError, ModelManager
 from .protocol import ProtocolError, Resampler, StreamConfig, parse_config, parse_json
-from .registry import BUNDLED, ModelNotFoundError, check_language
+from .registry import BUNDLED, ModelNotFoundError
 from .streaming import StreamEvent, StreamingSession
 from .transcribe import Decoder, DecodeRequest, TranscribeOptions
 
@@ -149,7 +149,6 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                            "response_format must be json, text, srt, vtt or verbose_json")
         lang = None if language in (None, "", "auto") else language
         try:
-            check_language(lang)
             options = TranscribeOptions(
                 language=lang, task=task, initial_prompt=prompt or None,
                 temperature=temperature or (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
@@ -297,7 +296,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                 audio = [i for i in items if not isinstance(i, (str, ProtocolError))]
                 if audio:
                     samples = np.concatenate(audio)
-                    metrics.audio_seconds.labels("stream").inc(len(samples) / 16000)
+                    metrics.audio_seconds.labels("stream").inc(len(samples) / SAMPLE_RATE)
                     events = await run_in_threadpool(session.push, samples)
                     await _send_events(ws, events, config)
                 for item in items:

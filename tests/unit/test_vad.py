@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 from faster_whisper.vad import SileroVADModel
 
+from tests.conftest import DATA, read_wav
 from whisper_service.vad import (
     MODEL_PATH,
     VADIterator,
@@ -18,16 +17,12 @@ from whisper_service.vad import (
     get_vad_model,
 )
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 SR = 16000
 WINDOW = 512
 
 
 def load(name: str) -> np.ndarray:
-    with wave.open(str(DATA / f"{name}.wav")) as w:
-        assert w.getframerate() == SR and w.getnchannels() == 1 and w.getsampwidth() == 2
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-    return pcm.astype(np.float32) / 32768.0
+    return read_wav(DATA / f"{name}.wav")
 
 
 def run(audio: np.ndarray, sizes=None, options: VadOptions = VadOptions()) -> list[VadEvent]:
