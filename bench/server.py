@@ -5,7 +5,9 @@ server's RSS at rest, then streams a recording in real time (100 ms pcm_s16le fr
 the wall clock) from 1 client and from N concurrent clients. Per client: latency per committed
 word (arrival time of the `final`, relative to stream start, minus the word's end in the
 audio), median and p90; WER of the joined finals against the reference text. The server's RSS
-is sampled every 0.2 s during each run. Finally (unless --no-upload) the same file is sent once
+is sampled every 0.2 s during each run. RSS per extra client is given against 1 client, and
+against as many clients as the server has decode workers: each worker holds the working memory
+of one decode while it runs, so up to that count, clients also bring a worker into use. Finally (unless --no-upload) the same file is sent once
 to `/v1/audio/transcriptions` as a sanity check, and the server is stopped.
 
     .venv/bin/python bench/server.py [--clients 1 2 4] [--file tests/data/en_passage.wav]
@@ -36,10 +38,10 @@ import psutil
 from jiwer import wer
 from websockets.asyncio.client import connect
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+from whisper_service.text import normalize
 
-from whisper_service.text import normalize  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 MODEL = "tiny.en"
 FRAME_S = 0.1
@@ -90,20 +92,36 @@ def bare_import_rss() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def model_only_rss() -> float:
+    """RSS of a bare Python process holding only the model, through raw faster-whisper."""
+    code = ("import psutil; from faster_whisper import WhisperModel; "
+            "from whisper_service.config import get_settings; "
+            "from whisper_service.registry import resolve; "
+            f"m = WhisperModel(str(resolve({MODEL!r}, get_settings().cache_dir)), "
+            "device='cpu', compute_type='int8'); "
+            "print(psutil.Process().memory_info().rss / 2**20)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=os.environ.copy())
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def start_server(port: int, log) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("whisper-service")
     cmd = [str(exe), "serve", "--model", MODEL, "--port", str(port), "--log-level", "warning"]
     return subprocess.Popen(cmd, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_ready(base: str, proc: subprocess.Popen, headers: dict, timeout: float = 180) -> float:
+def wait_ready(base: str, proc: subprocess.Popen, headers: dict,
+               timeout: float = 180) -> tuple[float, int]:
+    """Seconds until /ready, and the server's decode workers."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode} before /ready")
         try:
-            if httpx.get(f"{base}/ready", headers=headers, timeout=2).status_code == 200:
-                return time.monotonic() - started
+            res = httpx.get(f"{base}/ready", headers=headers, timeout=2)
+            if res.status_code == 200:
+                return time.monotonic() - started, res.json()["decode_workers"]
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
@@ -167,7 +185,7 @@ async def run_clients(n: int, url: str, headers: dict, pcm: bytes, reference: st
             peak = max(peak, rss_mb(server))
             try:
                 await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     sampling = asyncio.create_task(sampler())
@@ -207,7 +225,6 @@ def main() -> None:
     parser.add_argument("--no-upload", action="store_true", help="skip the HTTP upload check")
     args = parser.parse_args()
 
-    counts = sorted(set(args.clients) | {1})  # 1 client is the baseline for RSS per client
     pcm = read_pcm(args.file)
     reference = normalize(args.file.with_suffix(".txt").read_text())
     api_key = os.environ.get("WHISPER_SERVICE_API_KEY")
@@ -219,20 +236,26 @@ def main() -> None:
     proc = start_server(port, log)
     rows, details, notes = [], [], []
     try:
-        startup = wait_ready(base, proc, headers)
+        startup, workers = wait_ready(base, proc, headers)
+        counts = sorted(set(args.clients) | {1, workers})  # the baselines of RSS per client
         server = psutil.Process(proc.pid)
         time.sleep(1.0)
         at_rest = rss_mb(server)
         bare = bare_import_rss()
+        model_only = model_only_rss()
         peaks: dict[int, float] = {}
         for n in counts:
             results, peak = asyncio.run(run_clients(n, url, headers, pcm, reference, server))
             peaks[n] = peak
             latencies = [x for r in results for x in r.latencies]
             per_client = (peak - peaks[1]) / (n - 1) if n > 1 else None
+            # Past the workers' count, another client adds a session but no decode working set.
+            base_n = max((m for m in peaks if m <= workers), default=None)
+            beyond = (peak - peaks[base_n]) / (n - base_n) \
+                if base_n is not None and n > max(base_n, 1) and n > workers else None
             rows.append((n, statistics.median(latencies) if latencies else float("nan"),
                          percentile(latencies, 0.9), statistics.mean(r.wer for r in results),
-                         peak, per_client))
+                         peak, per_client, beyond))
             for i, r in enumerate(results):
                 tail = (f"{r.last_final_after_end:.2f} s" if r.last_final_after_end is not None
                         else "-")
@@ -264,18 +287,23 @@ def main() -> None:
             print(f"--- server log (exit {proc.returncode}) ---\n{server_log}", file=sys.stderr)
 
     audio_s = len(pcm) / 2 / SAMPLE_RATE
-    print(f"\nserver: whisper-service serve --model {MODEL} (ready after {startup:.1f} s); "
+    print(f"\nserver: whisper-service serve --model {MODEL} (ready after {startup:.1f} s, "
+          f"{workers} decode workers); "
           f"{args.file.name} ({audio_s:.1f} s) streamed in real time, {FRAME_S * 1000:.0f} ms "
           "pcm_s16le frames, word_timestamps on\n")
     print("| clients | latency median s | latency p90 s | WER (mean over clients) "
-          "| server peak RSS MB | RSS per extra client MB |")
-    print("|---|---|---|---|---|---|")
-    for n, med, p90, mean_wer, peak, extra in rows:
+          f"| server peak RSS MB | RSS per extra client MB (vs 1) "
+          f"| RSS per extra client MB (vs {workers}, the decode workers) |")
+    print("|---|---|---|---|---|---|---|")
+    for n, med, p90, mean_wer, peak, extra, beyond in rows:
         extra_s = f"{extra:.1f}" if extra is not None else "-"
-        print(f"| {n} | {med:.2f} | {p90:.2f} | {mean_wer:.3f} | {peak:.0f} | {extra_s} |")
-    print(f"\nserver RSS at rest (model {MODEL} loaded, no session): {at_rest:.0f} MB; "
-          f"a bare Python process importing whisper_service.server: {bare:.0f} MB; "
-          f"difference (model, runtime and server state): {at_rest - bare:.0f} MB")
+        beyond_s = f"{beyond:.1f}" if beyond is not None else "-"
+        print(f"| {n} | {med:.2f} | {p90:.2f} | {mean_wer:.3f} | {peak:.0f} | {extra_s} "
+              f"| {beyond_s} |")
+    print(f"\nserver RSS at rest (model {MODEL} and VAD loaded, no session): {at_rest:.0f} MB; "
+          f"a bare process holding only the model (raw faster-whisper): {model_only:.0f} MB; "
+          f"server overhead over the model: {at_rest - model_only:.0f} MB (target <= 150); "
+          f"a bare Python process importing whisper_service.server: {bare:.0f} MB")
     for note in notes:
         print(note)
     print("\nper client:")

@@ -67,7 +67,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         files = [DATA / "en_passage.wav", long_file(Path(tmp))]
-        run([EXE, "transcribe", "--quiet", "-m", "base", str(files[0])])  # assemble cache, warm disk
+        # Assemble the base cache and warm the disk first.
+        run([EXE, "transcribe", "--quiet", "-m", "base", str(files[0])])
         rows = []
         for model in args.models:
             for path in files:

@@ -37,7 +37,8 @@ def decode_file(source: str | Path | BinaryIO, name: str | None = None) -> np.nd
     try:
         audio = decode_audio(source, sampling_rate=SAMPLE_RATE)
     except Exception as exc:  # PyAV's errors have no common base worth naming
-        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        reason = getattr(exc, "strerror", None) or lines[0]
         raise AudioError(f"{label}: not a decodable audio file ({reason})") from None
     if audio.size == 0:
         raise AudioError(f"{label}: contains no audio samples")

@@ -165,8 +165,8 @@ def models() -> None:
 @click.option("--chunk", default=0.1, show_default=True, type=click.FloatRange(0.001, 60),
               help="Seconds of audio per push.")
 @click.option("--min-chunk", default=lambda: get_settings().min_chunk_s, type=float,
-              show_default="0.5", help="Seconds of new audio before re-decoding.")
-@click.option("--beam-size", default=lambda: get_settings().stream_beam_size, show_default="1",
+              show_default="0.7", help="Seconds of new audio before re-decoding.")
+@click.option("--beam-size", default=lambda: get_settings().stream_beam_size, show_default="5",
               type=click.IntRange(1, 20))
 @click.option("--static-prompt", default="", help="Names and terms; never trimmed.")
 @click.option("--words", is_flag=True, help="Include word timestamps in finals.")
@@ -199,7 +199,8 @@ def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: f
     click.echo(json.dumps({"type": "done", "audio_s": round(stats["audio_s"], 3),
                            "finals": finals, "decodes": stats["decodes"],
                            "decode_s": round(stats["decode_s"], 3),
-                           "compute_per_audio_s": round(stats["decode_s"] / max(stats["audio_s"], 1e-9), 3),
+                           "compute_per_audio_s":
+                               round(stats["decode_s"] / max(stats["audio_s"], 1e-9), 3),
                            "language": session.language}))
 
 
@@ -217,6 +218,7 @@ def serve(host: str, port: int, model: str, max_sessions: int, log_level: str) -
 
     import uvicorn
 
+    from .memory import limit_arenas
     from .registry import ModelNotFoundError, resolve
     from .server import create_app
 
@@ -227,6 +229,7 @@ def serve(host: str, port: int, model: str, max_sessions: int, log_level: str) -
         resolve(model, settings.cache_dir)
     except ModelNotFoundError as exc:
         raise _fail(str(exc)) from None
+    limit_arenas()  # before the worker threads exist
     app = create_app(settings)
 
     class Server(uvicorn.Server):

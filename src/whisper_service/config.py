@@ -24,15 +24,16 @@ class Settings(BaseSettings):
     default_model: str = "base"
     device: str = "cpu"
     compute_type: str = "int8"
-    cpu_threads: int = Field(default=0, ge=0, description="0 lets CTranslate2 choose")
-    num_workers: int = Field(default=1, ge=1, description="parallel decodes per model")
+    cpu_threads: int = Field(default=0, ge=0, description="threads per decode; 0: automatic")
+    num_workers: int = Field(default=0, ge=0, description="parallel decodes per model; 0: "
+                             "one for the CLI, one per CPU core for the server")
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     max_loaded_models: int = Field(default=0, ge=0, description="0 means no cap")
     model_idle_ttl_s: float = Field(default=0.0, ge=0, description="0 means never evict")
 
     # Streaming
-    min_chunk_s: float = Field(default=0.5, gt=0)
-    stream_beam_size: int = Field(default=1, ge=1, le=10)
+    min_chunk_s: float = Field(default=0.7, gt=0)
+    stream_beam_size: int = Field(default=5, ge=1, le=10)
     max_buffer_s: float = Field(default=15.0, gt=2)
     max_context_tokens: int = Field(default=223, ge=1, le=223)
 

@@ -38,7 +38,7 @@ def loop_start(words: Sequence[str], max_n: int = 6, min_repeats: int = 3) -> in
     norm = [normalize(w) for w in words]
     for n in range(1, max_n + 1):
         needed = max(min_repeats, 5) if n == 1 else min_repeats
-        for i in range(0, len(norm) - n * needed + 1):
+        for i in range(len(norm) - n * needed + 1):
             gram = norm[i:i + n]
             if not all(gram):
                 continue

@@ -7,8 +7,8 @@ under a session that still uses them.
 
 from __future__ import annotations
 
-import ctypes
 import gc
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import registry
+from . import memory, registry
 from .config import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -43,6 +43,9 @@ class LoadedModel:
     model: WhisperModel
     path: Path
     load_seconds: float
+    # Decodes running at once: CTranslate2 runs num_workers anyway and queues the rest, so
+    # waiting here first keeps the decode working memory per worker, not per session.
+    slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
     refs: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
@@ -75,12 +78,17 @@ class ModelManager:
         self._load_counts: dict[ModelKey, int] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelManager:
+    def from_settings(cls, settings: Settings, concurrent: bool = False) -> ModelManager:
+        """`concurrent`: many requests at once (the server). Then each core gets a worker of
+        one thread: two streams on two cores ran as fast as one, where one worker with two
+        threads made them take turns (bench/server.py). One file alone runs fastest on one
+        worker with every core."""
+        workers = settings.num_workers or (len(os.sched_getaffinity(0)) if concurrent else 1)
         return cls(
             device=settings.device,
             compute_type=settings.compute_type,
-            cpu_threads=settings.cpu_threads,
-            num_workers=settings.num_workers,
+            cpu_threads=settings.cpu_threads or (1 if workers > 1 else 0),
+            num_workers=workers,
             cache_dir=settings.cache_dir,
             max_loaded=settings.max_loaded_models,
             idle_ttl_s=settings.model_idle_ttl_s,
@@ -117,7 +125,8 @@ class ModelManager:
             self._make_room()
             started = time.perf_counter()
             model = self._load(path)
-            loaded = LoadedModel(key, model, path, time.perf_counter() - started)
+            loaded = LoadedModel(key, model, path, time.perf_counter() - started,
+                                 threading.Semaphore(self.num_workers))
             with self._lock:
                 self._loaded[key] = loaded
                 self._load_counts[key] = self._load_counts.get(key, 0) + 1
@@ -230,12 +239,4 @@ class ModelManager:
         loaded.model.model.unload_model()
         del loaded.model
         gc.collect()
-        _malloc_trim()
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap pages back to the OS; glibc keeps them otherwise and RSS stays high."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+        memory.trim()

@@ -43,7 +43,8 @@ def resolve(name: str, cache_dir: Path) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "model.bin").is_file():
-            raise ModelNotFoundError(f"{name}: directory has no model.bin (not a CTranslate2 model)")
+            raise ModelNotFoundError(
+                f"{name}: directory has no model.bin (not a CTranslate2 model)")
         return path
     return _from_hub(name, cache_dir)
 
@@ -143,7 +144,8 @@ def _from_hub(name: str, cache_dir: Path) -> Path:
         return Path(download_model(name, cache_dir=hub_dir))
     except Exception as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise ModelNotFoundError(_unknown(name, f"the Hugging Face Hub is not reachable ({reason})"))
+        raise ModelNotFoundError(
+            _unknown(name, f"the Hugging Face Hub is not reachable ({reason})")) from None
 
 
 def _unknown(name: str, why: str) -> str:

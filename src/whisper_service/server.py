@@ -20,6 +20,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -27,14 +28,27 @@ from .audio import SAMPLE_RATE, AudioError, decode_file
 from .config import Settings, get_settings
 from .formats import MEDIA_TYPES, render
 from .metrics import Metrics
-from .models import ModelInUseError, ModelManager
+from .models import LoadedModel, ModelInUseError, ModelManager
 from .protocol import ProtocolError, Resampler, StreamConfig, parse_config, parse_json
 from .registry import BUNDLED, ModelNotFoundError
 from .streaming import StreamEvent, StreamingSession
 from .transcribe import Decoder, DecodeRequest, TranscribeOptions
+from .vad import get_vad_model
 
 STATIC = Path(__file__).parent / "static"
 OPENAI_ALIASES = ("whisper-1",)  # clients written for OpenAI send this name
+
+
+class AudioForm(BaseModel):
+    """The form fields of OpenAI's audio endpoints (translations ignore the granularities)."""
+
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+    response_format: str = "json"
+    temperature: float = 0.0
+    timestamp_granularities: list[str] = Field(default_factory=list,
+                                               alias="timestamp_granularities[]")
 
 
 class ApiError(Exception):
@@ -45,14 +59,17 @@ class ApiError(Exception):
 
 def create_app(settings: Settings | None = None, manager: ModelManager | None = None) -> FastAPI:
     settings = settings or get_settings()
-    manager = manager or ModelManager.from_settings(settings)
+    manager = manager or ModelManager.from_settings(settings, concurrent=True)
     metrics = Metrics(manager)
     sessions: dict[str, asyncio.Event] = {}  # session id -> "finish now" signal
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # Load the default model before taking traffic, so no client waits for a load.
+        # Load the default model and the shared VAD before taking traffic, so no client waits
+        # for a load (or pays onnxruntime's start-up in its own memory figures).
         app.state.default_model = await run_in_threadpool(manager.acquire, settings.default_model)
+        await run_in_threadpool(get_vad_model)
+        await _warm_up(app.state.default_model, manager.num_workers)
         try:
             yield
         finally:
@@ -113,7 +130,8 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     @app.get("/ready")
     async def ready() -> JSONResponse:
         loaded = manager.key(settings.default_model) in manager.pipelines
-        return JSONResponse({"ready": loaded, "default_model": settings.default_model},
+        return JSONResponse({"ready": loaded, "default_model": settings.default_model,
+                             "decode_workers": manager.num_workers},
                             status_code=200 if loaded else 503)
 
     @app.get("/metrics", include_in_schema=False)
@@ -133,9 +151,8 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
     # -- OpenAI-compatible file transcription ---------------------------------------------
 
-    async def transcribe_upload(request: Request, file: UploadFile, model: str | None,
-                                language: str | None, prompt: str | None, response_format: str,
-                                temperature: float, granularities: list[str], task: str):
+    async def transcribe_upload(request: Request, file: UploadFile, form: AudioForm,
+                                task: str) -> Response:
         length = int(request.headers.get("content-length") or 0)
         if length > settings.max_upload_bytes + 64 * 1024:
             raise ApiError(413, "file_too_large",
@@ -144,18 +161,19 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         if len(data) > settings.max_upload_bytes:
             raise ApiError(413, "file_too_large",
                            f"upload exceeds {settings.max_upload_bytes} bytes")
+        response_format, granularities = form.response_format, form.timestamp_granularities
         if response_format not in MEDIA_TYPES:
             raise ApiError(400, "invalid_response_format",
                            "response_format must be json, text, srt, vtt or verbose_json")
-        lang = None if language in (None, "", "auto") else language
+        lang = None if form.language in (None, "", "auto") else form.language
         try:
             options = TranscribeOptions(
-                language=lang, task=task, initial_prompt=prompt or None,
-                temperature=temperature or (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                language=lang, task=task, initial_prompt=form.prompt or None,
+                temperature=form.temperature or (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                 word_timestamps="word" in granularities)
         except ValueError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
-        name = model_name(model)
+        name = model_name(form.model)
         try:
             audio = await run_in_threadpool(decode_file, io.BytesIO(data), file.filename or "file")
             loaded = await run_in_threadpool(manager.acquire, name)
@@ -180,32 +198,14 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         return Response(body, media_type=MEDIA_TYPES[response_format])
 
     @app.post("/v1/audio/transcriptions")
-    async def transcriptions(
-        request: Request,
-        file: Annotated[UploadFile, File()],
-        model: Annotated[str | None, Form()] = None,
-        language: Annotated[str | None, Form()] = None,
-        prompt: Annotated[str | None, Form()] = None,
-        response_format: Annotated[str, Form()] = "json",
-        temperature: Annotated[float, Form()] = 0.0,
-        timestamp_granularities: Annotated[list[str] | None,
-                                           Form(alias="timestamp_granularities[]")] = None,
-    ) -> Response:
-        return await transcribe_upload(request, file, model, language, prompt, response_format,
-                                       temperature, timestamp_granularities or [], "transcribe")
+    async def transcriptions(request: Request, file: Annotated[UploadFile, File()],
+                             form: Annotated[AudioForm, Form()]) -> Response:
+        return await transcribe_upload(request, file, form, "transcribe")
 
     @app.post("/v1/audio/translations")
-    async def translations(
-        request: Request,
-        file: Annotated[UploadFile, File()],
-        model: Annotated[str | None, Form()] = None,
-        language: Annotated[str | None, Form()] = None,
-        prompt: Annotated[str | None, Form()] = None,
-        response_format: Annotated[str, Form()] = "json",
-        temperature: Annotated[float, Form()] = 0.0,
-    ) -> Response:
-        return await transcribe_upload(request, file, model, language, prompt, response_format,
-                                       temperature, [], "translate")
+    async def translations(request: Request, file: Annotated[UploadFile, File()],
+                           form: Annotated[AudioForm, Form()]) -> Response:
+        return await transcribe_upload(request, file, form, "translate")
 
     # -- WebSocket streaming -----------------------------------------------------------------
 
@@ -348,7 +348,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     async def _receive(ws: WebSocket, timeout: float) -> dict[str, Any]:
         try:
             message = await asyncio.wait_for(ws.receive(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProtocolError("idle_timeout", f"no message for {timeout:.0f} s") from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
@@ -367,6 +367,16 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         await ws.close(code, reason)
 
     return app
+
+
+async def _warm_up(loaded: LoadedModel, workers: int) -> None:
+    """One decode per worker at once, so every worker holds its buffers before the first
+    client: memory at rest is memory under load, not a step up when a second stream starts."""
+    options = TranscribeOptions(beam_size=5, word_timestamps=True, vad_filter=False,
+                                temperature=0.0)  # beam 5, as files use: the largest in use
+    request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
+    decoder = Decoder(loaded)
+    await asyncio.gather(*(run_in_threadpool(decoder.decode, request) for _ in range(workers)))
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

@@ -26,15 +26,18 @@ if TYPE_CHECKING:
 
 BLOCK = 1600  # 100 ms: VAD and utterance ends run on fixed blocks, whatever the push size
 PREROLL = SAMPLE_RATE  # audio kept before a VAD start, which arrives after the speech began
+RECENT_WORDS = 18  # enough for the loop guard to see a 6-word phrase three times
 
 
 @dataclass(frozen=True)
 class StreamOptions:
     language: str | None = None
     task: Task = "transcribe"
-    min_chunk_s: float = 0.5
+    min_chunk_s: float = 0.7
     max_buffer_s: float = 15.0
-    beam_size: int = 1  # greedy: LocalAgreement supplies stability, beams cost latency
+    # Beam search on short windows fixes words greedy decoding gets wrong, and a one-window
+    # decode leaves room for it: bench/streaming.py measures both.
+    beam_size: int = 5
     static_prompt: str = ""
     max_context_tokens: int = 223
     vad: VadOptions = field(default_factory=VadOptions)
@@ -79,52 +82,39 @@ class StreamEvent:
 
 class LocalAgreement:
     """LocalAgreement-2 (Machacek et al., 2023): commit the longest common word prefix of the
-    last two hypotheses. Word times are absolute, so the policy survives buffer trims."""
+    last two hypotheses. Hypotheses hold only words after the committed text (the session
+    forces that text as the decode's prefix), so nothing is matched by time."""
 
     def __init__(self) -> None:
         self.last_committed_end = 0.0
         self._previous: list[StreamWord] = []
-        self._tail: list[str] = []  # last few committed words, to drop re-decoded overlap
 
     @property
     def tentative(self) -> list[StreamWord]:
         return self._previous
 
     def update(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
-        new = self._unseen(hypothesis)
         commit: list[StreamWord] = []
-        for a, b in zip(new, self._previous):
+        for a, b in zip(hypothesis, self._previous):
             if normalize(a.text) != normalize(b.text):
                 break
             commit.append(a)
-        self._previous = new[len(commit):]
+        self._previous = hypothesis[len(commit):]
         self._remember(commit)
         return commit
 
     def commit_all(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
         """End of utterance: everything not yet committed becomes final."""
-        commit = self._unseen(hypothesis)
         self._previous = []
-        self._remember(commit)
-        return commit
+        self._remember(hypothesis)
+        return hypothesis
 
     def reset(self) -> None:
-        self._previous, self._tail = [], []
-
-    def _unseen(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
-        new = [w for w in hypothesis if w.start > self.last_committed_end - 0.1]
-        # Only words starting right where the commit ended can be a re-decode of it; later ones
-        # are the speaker really repeating a phrase.
-        if new and self._tail and new[0].start - self.last_committed_end < 0.25:
-            for n in range(min(len(self._tail), len(new), 5), 0, -1):
-                if [normalize(w) for w in self._tail[-n:]] == [normalize(w.text) for w in new[:n]]:
-                    return new[n:]
-        return new
+        self._previous = []
 
     def _remember(self, commit: list[StreamWord]) -> None:
         if commit:
             self.last_committed_end = commit[-1].end
-            self._tail = (self._tail + [w.text for w in commit])[-5:]
 
 
 class StreamingSession:
@@ -145,9 +135,10 @@ class StreamingSession:
         self._audio_start = 0  # absolute sample of _audio[0]
         self._in_speech = False
         self._decoded_until = 0
-        self._hypothesis: list[StreamWord] = []
         self._boundaries: list[float] = []  # segment ends of the last decode: safe trim points
         self._in_buffer: list[StreamWord] = []  # committed words whose audio is still buffered
+        self._stopped_at_prefix = False  # the last decode added nothing after its prefix
+        self._recent: list[str] = []  # the last committed words, for the loop guard
         self._last_final_end = 0.0
         self._partial = ""
         self._closed = False
@@ -185,7 +176,12 @@ class StreamingSession:
 
     @property
     def language(self) -> str | None:
-        return self._language
+        """The fixed or confidently detected language, else the last decode's guess."""
+        return self._language or self._detected
+
+    @property
+    def _buffer_end(self) -> float:
+        return (self._audio_start + len(self._audio)) / SAMPLE_RATE
 
     @property
     def buffered_seconds(self) -> float:
@@ -245,14 +241,13 @@ class StreamingSession:
             self._drop_until(sample)
             self._in_speech, self._decoded_until = True, self._audio_start
             self._policy.reset()
-            self._hypothesis, self._in_buffer = [], []
+            self._in_buffer = []
             return []
         return self._end_utterance(sample)
 
     def _step(self) -> list[StreamEvent]:
         """Re-decode the buffer, commit what two hypotheses agree on, trim if long."""
-        self._hypothesis = self._decode()
-        events = self._finals(self._policy.update(self._hypothesis))
+        events = self._finals(self._policy.update(self._decode()))
         events += self._trim()
         events += self._partial_event()
         return events
@@ -261,23 +256,49 @@ class StreamingSession:
         end_sample = min(end_sample, self._audio_start + len(self._audio))
         events: list[StreamEvent] = []
         if self._in_speech:
-            if end_sample - self._decoded_until > 0.1 * SAMPLE_RATE:
-                self._hypothesis = self._decode(end_sample)
-            events = self._finals(self._policy.commit_all(self._hypothesis))
+            for _ in range(3):
+                if end_sample - self._decoded_until > 0.1 * SAMPLE_RATE:
+                    words = self._decode(end_sample)
+                else:  # the last decode already saw all of it; its uncommitted words remain
+                    words = self._policy.tentative
+                events += self._finals(self._policy.commit_all(words))
+                heard = self._policy.last_committed_end
+                if not words or end_sample / SAMPLE_RATE - heard <= 2 * self.options.min_chunk_s:
+                    break
+                # The model ended its text early on a long window: decode the rest.
+                self._forget_committed(heard)
+                self._drop_until(int(heard * SAMPLE_RATE))
+                self._decoded_until = self._audio_start
             events += self._partial_event()
             self._forget_committed(float("inf"))
         self._in_speech = False
         self._policy.reset()
-        self._hypothesis = []
         self._drop_until(end_sample)
         return events
 
     def _decode(self, end_sample: int | None = None) -> list[StreamWord]:
+        """The words after the committed ones in the buffer (up to `end_sample`)."""
+        words = self._decode_once(end_sample)
+        done = self._policy.last_committed_end
+        until = self._buffer_end if end_sample is None else end_sample / SAMPLE_RATE
+        if self._stopped_at_prefix and until - done > 2 * self.options.min_chunk_s:
+            # Nothing usable came after the forced prefix (the model ended its text there, or
+            # looped) though speech went on: decode again from the end of the committed
+            # words, with no prefix.
+            self._forget_committed(done)
+            self._drop_until(int(done * SAMPLE_RATE))
+            words = self._decode_once(end_sample)
+        return words
+
+    def _decode_once(self, end_sample: int | None) -> list[StreamWord]:
         stop = len(self._audio) if end_sample is None else end_sample - self._audio_start
         audio, offset = self._audio[:stop], self._audio_start / SAMPLE_RATE
+        # Without its final stop: after a forced "dog." beam search likes to end the text,
+        # after "dog" it writes the stop itself and goes on with the next sentence.
+        prefix = "".join(w.text for w in self._in_buffer).rstrip(".?!")
+        options = self._transcribe_options(self.context.prompt(), prefix or None)
         started = time.perf_counter()
-        result = self._decoder.decode(
-            DecodeRequest(audio, self._transcribe_options(self.context.prompt())))
+        result = self._decoder.decode(DecodeRequest(audio, options, window=True))
         elapsed = time.perf_counter() - started
         self.stats["decodes"] += 1
         self.stats["decode_s"] += elapsed
@@ -289,30 +310,39 @@ class StreamingSession:
             self._language = result.language  # detected once with confidence, then kept
         self._detected = result.language
         words, self._boundaries = [], []
+        forced = _letters(prefix)  # segments holding the forced prefix are kept as they are
         for seg in result.segments:
-            if is_hallucination(seg):
+            if forced <= 0 and is_hallucination(seg):
                 continue
+            forced -= sum(_letters(w.word) for w in seg.words)
             words += [StreamWord(offset + w.start, offset + w.end, w.word, w.probability)
                       for w in seg.words]
             self._boundaries.append(offset + seg.end)
-        cut = loop_start([w.text for w in words])
+        new = _after(prefix, words)
+        # A loop may repeat what is already committed, so the latest committed words count.
+        recent = self._recent if loop_start(self._recent) is None else []
+        cut = loop_start(recent + [w.text for w in new])
         if cut is not None:  # never commit a loop, and don't prompt with what may have caused it
-            words = words[:cut]
+            new = new[:max(0, cut - len(recent))]
             self.stats["loops"] += 1
             self.context.reset()
-        return words
+        self._stopped_at_prefix = bool(prefix) and not new
+        return new
 
-    def _transcribe_options(self, prompt: str | None) -> TranscribeOptions:
+    def _transcribe_options(self, prompt: str | None,
+                            prefix: str | None = None) -> TranscribeOptions:
         return TranscribeOptions(
             language=self._language,
             task=self.options.task, beam_size=self.options.beam_size, word_timestamps=True,
-            vad_filter=False, initial_prompt=prompt, condition_on_previous_text=False,
+            vad_filter=False, initial_prompt=prompt, prefix=prefix,
+            condition_on_previous_text=False,
             temperature=0.0)  # fallback re-decodes cost more than the loop guard saves
 
     def _finals(self, words: list[StreamWord]) -> list[StreamEvent]:
         if not words:
             return []
         self._in_buffer += words
+        self._recent = (self._recent + [w.text for w in words])[-RECENT_WORDS:]
         start = max(words[0].start, self._last_final_end)
         end = max(words[-1].end, start)
         self._last_final_end = end
@@ -340,7 +370,7 @@ class StreamingSession:
             return events
         room = self.options.max_buffer_s - self.options.min_chunk_s  # the next decode adds more
         full = buffered > room
-        end = (self._audio_start + len(self._audio)) / SAMPLE_RATE
+        end = self._buffer_end
         done = self._policy.last_committed_end
         cuts = [w.end for w in self._in_buffer if w.text.rstrip().endswith((".", "?", "!"))]
         cuts += [b for b in self._boundaries if b <= done + 0.01]
@@ -351,14 +381,14 @@ class StreamingSession:
             # Nothing agreed for a whole buffer: the latest hypothesis is the best there is for
             # its older half, so that half becomes final and leaves the buffer.
             cut = end - self.options.max_buffer_s / 2
-            older = [w for w in self._hypothesis if w.start < cut]
+            older = [w for w in self._policy.tentative if w.start < cut]
             cut = max([cut] + [w.end for w in older])
             events = self._finals(self._policy.commit_all(older))
-            self._policy.reset()
-            self._hypothesis = [w for w in self._hypothesis if w.start >= cut]
         if cut is not None and cut * SAMPLE_RATE > self._audio_start:
             self._forget_committed(cut)
             self._drop_until(int(cut * SAMPLE_RATE))
+        if events:  # the hypothesis for the rest was dropped with it: that audio is undecoded
+            self._decoded_until = self._audio_start
         return events
 
     def _forget_committed(self, until: float) -> None:
@@ -376,6 +406,20 @@ class StreamingSession:
         self._decoded_until = max(self._decoded_until, self._audio_start)
 
 
+def _letters(text: str) -> int:
+    return len("".join(text.split()))
+
+
+def _after(prefix: str, words: list[StreamWord]) -> list[StreamWord]:
+    """The words a decode added after its forced prefix (the prefix's words come back too)."""
+    remaining = _letters(prefix)
+    for i, word in enumerate(words):
+        if remaining <= 0:
+            return words[i:]
+        remaining -= _letters(word.text)
+    return []
+
+
 ReplayMode = Literal["simulated", "realtime", "fast"]
 
 
@@ -385,14 +429,27 @@ def replay(session: StreamingSession, audio: np.ndarray, mode: ReplayMode = "sim
 
     `simulated` (computation-aware): audio becomes available at its own time, and the clock
     also advances by the compute actually spent, so latencies include compute without waiting
-    in real time. `realtime` paces pushes by the wall clock; `fast` pushes without pause.
+    in real time. `realtime` paces pushes by the wall clock; `fast` pushes without pause. In
+    the first two, the chunks that arrived during a decode are pushed together, as the server
+    does with frames that queued up on its socket.
     """
     step = max(1, int(chunk_s * SAMPLE_RATE))
     clock, started = 0.0, time.perf_counter()
-    chunks = [(audio[i:i + step], (i + step) / SAMPLE_RATE) for i in range(0, len(audio), step)]
-    for chunk, available_at in [*chunks, (None, len(audio) / SAMPLE_RATE)]:
-        if mode == "realtime":
-            time.sleep(max(0.0, available_at - (time.perf_counter() - started)))
+    arrivals = [min(i + step, len(audio)) / SAMPLE_RATE for i in range(0, len(audio), step)]
+    i = 0
+    while i <= len(arrivals):
+        if i == len(arrivals):
+            chunk, available_at = None, len(audio) / SAMPLE_RATE
+            i += 1
+        else:
+            if mode == "realtime":
+                time.sleep(max(0.0, arrivals[i] - (time.perf_counter() - started)))
+            now = clock if mode == "simulated" else time.perf_counter() - started
+            j = i + 1
+            while mode != "fast" and j < len(arrivals) and arrivals[j] <= now:
+                j += 1
+            chunk, available_at = audio[i * step:j * step], arrivals[j - 1]
+            i = j
         spent = time.perf_counter()
         events = session.push(chunk) if chunk is not None else session.end_of_stream()
         spent = time.perf_counter() - spent

@@ -15,7 +15,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -36,9 +40,20 @@ def _ready(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def live_server():
-    """Base URL (no trailing slash) of a server with tiny.en loaded; stopped after the session."""
+@dataclass
+class ServerProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")[-4000:]
+
+
+@contextmanager
+def run_server(model: str = "tiny.en") -> Iterator[ServerProcess]:
+    """A `whisper-service serve` process, ready to take requests; stopped on exit."""
     exe = Path(sys.executable).with_name("whisper-service")
     assert exe.exists(), f"console script not found next to the interpreter: {exe}"
     port = _free_port()
@@ -46,25 +61,21 @@ def live_server():
     env = dict(os.environ)  # inherits WHISPER_SERVICE_CACHE_DIR from tests/conftest.py
     log = tempfile.TemporaryFile(mode="w+b", prefix="whisper-service-e2e-")
     proc = subprocess.Popen(
-        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--model", "tiny.en",
+        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model,
          "--log-level", "warning"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
-
-    def output() -> str:
-        log.seek(0)
-        return log.read().decode("utf-8", "replace")[-4000:]
-
+    server = ServerProcess(url, proc, log)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not _ready(url):
             if proc.poll() is not None:
-                pytest.fail(f"whisper-service exited with {proc.returncode}:\n{output()}")
+                pytest.fail(f"whisper-service exited with {proc.returncode}:\n{server.output()}")
             if time.monotonic() > deadline:
                 pytest.fail(f"whisper-service not ready within {READY_TIMEOUT_S:.0f} s:\n"
-                            f"{output()}")
+                            f"{server.output()}")
             time.sleep(0.25)
-        yield url
+        yield server
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -74,3 +85,10 @@ def live_server():
                 proc.kill()
                 proc.wait(timeout=5)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[str]:
+    """Base URL (no trailing slash) of a server with tiny.en loaded; stopped after the session."""
+    with run_server() as server:
+        yield server.url

@@ -2,8 +2,8 @@
 
 import subprocess
 import sys
-import threading
 import textwrap
+import threading
 
 import pytest
 

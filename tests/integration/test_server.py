@@ -266,9 +266,10 @@ def test_openai_client(client_for, base):
     assert "tiny.en" in models and "base" in models
 
 
-def test_health_ready_metrics(client_for):
+def test_health_ready_metrics(client_for, model_manager):
     client = client_for()
-    assert client.get("/ready").json() == {"ready": True, "default_model": "tiny.en"}
+    assert client.get("/ready").json() == {"ready": True, "default_model": "tiny.en",
+                                            "decode_workers": model_manager.num_workers}
     stream_file(client, "en_short")
     metrics = client.get("/metrics").text
     assert "whisper_sessions_total 1.0" in metrics

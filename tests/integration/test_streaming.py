@@ -32,7 +32,7 @@ def test_streaming_matches_offline_within_margin(model_manager, base):
     offline = Decoder(base).decode(DecodeRequest(audio, TranscribeOptions(language="en")))
     _, events = stream(model_manager, "base", audio, language="en")
     ref = normalize(reference("en_passage"))
-    assert wer(ref, normalize(text_of(events))) <= wer(ref, normalize(offline.text)) + 0.15
+    assert wer(ref, normalize(text_of(events))) <= wer(ref, normalize(offline.text)) + 0.1
     assert wer(ref, normalize(text_of(events))) < 0.3
 
 
@@ -49,12 +49,12 @@ def test_finals_are_ordered_and_do_not_overlap(model_manager, tiny_en):
 def test_push_size_does_not_change_text(model_manager, tiny_en):
     """Bigger pushes decode less often (catch-up), and CTranslate2's multi-threaded int8 maths
     is not bit-exact from run to run, so texts may differ slightly, but not materially."""
-    audio = read_wav(DATA / "en_short.wav")
+    audio = read_wav(DATA / "en_passage.wav")  # 53 words: one changed word is 0.02 WER
     texts = {chunk: text_of(stream(model_manager, "tiny.en", audio, chunk)[1])
-             for chunk in (0.01, 0.05, 0.1, 0.37, 2.0)}
-    assert "lazy" in texts[0.1].lower()
-    for chunk in (0.01, 0.05, 0.37, 2.0):
-        assert wer(normalize(texts[0.1]), normalize(texts[chunk])) <= 0.2, texts
+             for chunk in (0.01, 0.1, 0.37, 2.0)}
+    assert wer(normalize(reference("en_passage")), normalize(texts[0.1])) < 0.2, texts
+    for chunk in (0.01, 0.37, 2.0):
+        assert wer(normalize(texts[0.1]), normalize(texts[chunk])) <= 0.15, texts
 
 
 @pytest.mark.parametrize("kind", ["silence", "white_noise", "hum"])

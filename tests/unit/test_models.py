@@ -1,5 +1,6 @@
 """ModelManager bookkeeping with a stand-in loader (no weights): threads, refs, eviction."""
 
+import os
 import threading
 import time
 from types import SimpleNamespace
@@ -7,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from whisper_service import models, registry
+from whisper_service.config import Settings
 from whisper_service.models import ModelInUseError, ModelManager
 
 
@@ -124,3 +126,19 @@ def test_device_and_compute_type_pass_through(monkeypatch, tmp_path):
     assert seen == {"path": str(tmp_path), "device": "cuda", "compute_type": "float16",
                     "cpu_threads": 3, "num_workers": 4}
     assert models.ModelKey("base", "cuda", "float16") in manager.pipelines
+
+
+CORES = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("workers, threads, concurrent, expected", [
+    (0, 0, False, (1, 0)),  # the CLI: one decode with every core
+    (0, 0, True, (CORES, 1 if CORES > 1 else 0)),  # the server: a 1-thread worker per core
+    (3, 0, False, (3, 1)),
+    (0, 4, True, (CORES, 4)),
+    (1, 0, True, (1, 0)),
+])
+def test_workers_and_threads_from_settings(workers, threads, concurrent, expected, tmp_path):
+    settings = Settings(num_workers=workers, cpu_threads=threads, cache_dir=tmp_path)
+    m = ModelManager.from_settings(settings, concurrent=concurrent)
+    assert (m.num_workers, m.cpu_threads) == expected

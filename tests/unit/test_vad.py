@@ -11,8 +11,8 @@ from faster_whisper.vad import SileroVADModel
 from tests.conftest import DATA, read_wav
 from whisper_service.vad import (
     MODEL_PATH,
-    VADIterator,
     VadEvent,
+    VADIterator,
     VadOptions,
     get_vad_model,
 )

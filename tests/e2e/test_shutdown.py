@@ -1,0 +1,67 @@
+"""Graceful shutdown: SIGTERM mid-stream finalizes open sessions before the sockets close."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+from jiwer import wer
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.conftest import DATA, read_wav, reference
+from tests.e2e.conftest import run_server
+from whisper_service.text import normalize
+
+STREAMED_S = 8.0  # of en_passage, sent in real time before the signal
+FRAME_S = 0.1
+
+
+def test_sigterm_mid_stream_sends_finals_and_done_then_exits_cleanly() -> None:
+    audio = read_wav(DATA / "en_passage.wav")[: int(STREAMED_S * 16000)]
+    pcm = (audio * 32767).astype("<i2").tobytes()
+    frame = int(FRAME_S * 16000) * 2
+    with run_server() as server:
+        ws_url = server.url.replace("http", "ws") + "/v1/stream"
+        messages: list[dict] = []
+        with connect(ws_url, open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "config", "language": "en"}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+
+            def read() -> None:
+                try:
+                    while True:
+                        messages.append(json.loads(ws.recv(timeout=60)))
+                except ConnectionClosed:
+                    pass
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            started = time.monotonic()
+            for i, start in enumerate(range(0, len(pcm), frame)):
+                time.sleep(max(0.0, started + i * FRAME_S - time.monotonic()))
+                ws.send(pcm[start:start + frame])
+            time.sleep(0.5)  # let the last frames reach the session
+            server.proc.send_signal(signal.SIGTERM)
+            reader.join(timeout=60)
+            assert not reader.is_alive(), "the server did not close the socket after SIGTERM"
+            close_code = ws.close_code
+        # uvicorn re-raises the signal after its own clean shutdown, hence -SIGTERM.
+        assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM), server.output()
+        assert "Traceback" not in server.output(), server.output()
+
+    types = [m["type"] for m in messages]
+    assert "error" not in types, messages
+    assert types[-1] == "done", types
+    done = messages[-1]
+    assert done["reason"] == "server shutting down"
+    assert abs(done["audio_seconds"] - STREAMED_S) < 0.2
+    assert close_code == 1001
+    finals = [m for m in messages if m["type"] == "final"]
+    # Everything streamed before the signal came back as final text, up to its last word.
+    assert finals and finals[-1]["end"] > STREAMED_S - 1.5, finals
+    expected = " ".join(normalize(reference("en_passage")).split()[:18])  # "... recorded speech"
+    text = normalize(" ".join(m["text"] for m in finals))
+    assert wer(expected, text) < 0.35, text
