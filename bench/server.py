@@ -7,8 +7,9 @@ word (arrival time of the `final`, relative to stream start, minus the word's en
 audio), median and p90; WER of the joined finals against the reference text. The server's RSS
 is sampled every 0.2 s during each run. RSS per extra client is given against 1 client, and
 against as many clients as the server has decode workers: each worker holds the working memory
-of one decode while it runs, so up to that count, clients also bring a worker into use. Finally (unless --no-upload) the same file is sent once
-to `/v1/audio/transcriptions` as a sanity check, and the server is stopped.
+of one decode while it runs, so up to that count, clients also bring a worker into use.
+Finally (unless --no-upload) the same file is sent once to `/v1/audio/transcriptions` as a
+sanity check, and the server is stopped.
 
     .venv/bin/python bench/server.py [--clients 1 2 4] [--file tests/data/en_passage.wav]
 

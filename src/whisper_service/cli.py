@@ -222,6 +222,7 @@ def serve(host: str, port: int, model: str, max_sessions: int, log_level: str) -
     from .registry import ModelNotFoundError, resolve
     from .server import create_app
 
+    limit_arenas()  # before any thread exists (a hub download starts some)
     settings = get_settings().model_copy(update={"host": host, "port": port,
                                                  "default_model": model,
                                                  "max_sessions": max_sessions})
@@ -229,7 +230,6 @@ def serve(host: str, port: int, model: str, max_sessions: int, log_level: str) -
         resolve(model, settings.cache_dir)
     except ModelNotFoundError as exc:
         raise _fail(str(exc)) from None
-    limit_arenas()  # before the worker threads exist
     app = create_app(settings)
 
     class Server(uvicorn.Server):

@@ -31,17 +31,25 @@ def is_hallucination(segment: Segment) -> bool:
 
 
 def loop_start(words: Sequence[str], max_n: int = 6, min_repeats: int = 3) -> int | None:
-    """Index where an n-gram starts repeating back-to-back `min_repeats` times, else None.
+    """Index where an n-gram starts repeating back-to-back to the very end, else None.
 
-    Single words need more repeats ("no, no, no" is speech); longer n-grams fewer.
+    A stuck model repeats until its window ends; a speaker who repeats ("thank you, thank
+    you, thank you") goes on to other words. Single words need more repeats ("no, no, no" is
+    speech); longer n-grams fewer. The returned cut keeps the first occurrence.
     """
     norm = [normalize(w) for w in words]
     for n in range(1, max_n + 1):
         needed = max(min_repeats, 5) if n == 1 else min_repeats
-        for i in range(len(norm) - n * needed + 1):
+        for i in range(0, len(norm) - n * needed + 1):
             gram = norm[i:i + n]
             if not all(gram):
                 continue
-            if all(norm[i + k * n:i + (k + 1) * n] == gram for k in range(1, needed)):
-                return i + n  # keep the first occurrence
+            if all(norm[i + k * n:i + (k + 1) * n] == gram for k in range(1, needed)) \
+                    and _repeats_to_end(norm[i:], gram):
+                return i + n
     return None
+
+
+def _repeats_to_end(words: list[str], gram: list[str]) -> bool:
+    """`words` is `gram` over and over, the last time possibly cut short."""
+    return all(w == gram[k % len(gram)] for k, w in enumerate(words))

@@ -82,8 +82,9 @@ class ModelManager:
         """`concurrent`: many requests at once (the server). Then each core gets a worker of
         one thread: two streams on two cores ran as fast as one, where one worker with two
         threads made them take turns (bench/server.py). One file alone runs fastest on one
-        worker with every core."""
-        workers = settings.num_workers or (len(os.sched_getaffinity(0)) if concurrent else 1)
+        worker with CTranslate2's default threads."""
+        workers = settings.num_workers or (
+            _cpu_cores() if concurrent and settings.device == "cpu" else 1)
         return cls(
             device=settings.device,
             compute_type=settings.compute_type,
@@ -240,3 +241,9 @@ class ModelManager:
         del loaded.model
         gc.collect()
         memory.trim()
+
+
+def _cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1

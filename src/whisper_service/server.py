@@ -68,9 +68,9 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         # Load the default model and the shared VAD before taking traffic, so no client waits
         # for a load (or pays onnxruntime's start-up in its own memory figures).
         app.state.default_model = await run_in_threadpool(manager.acquire, settings.default_model)
-        await run_in_threadpool(get_vad_model)
-        await _warm_up(app.state.default_model, manager.num_workers)
         try:
+            await run_in_threadpool(get_vad_model)
+            await _warm_up(app.state.default_model, manager.num_workers)
             yield
         finally:
             await app.state.drain()
@@ -370,10 +370,10 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
 
 async def _warm_up(loaded: LoadedModel, workers: int) -> None:
-    """One decode per worker at once, so every worker holds its buffers before the first
-    client: memory at rest is memory under load, not a step up when a second stream starts."""
+    """One decode per worker at once, so every worker has started and holds its encoder
+    buffers before the first client arrives, rather than during someone's stream."""
     options = TranscribeOptions(beam_size=5, word_timestamps=True, vad_filter=False,
-                                temperature=0.0)  # beam 5, as files use: the largest in use
+                                temperature=0.0)  # beam 5, as file decodes use
     request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
     decoder = Decoder(loaded)
     await asyncio.gather(*(run_in_threadpool(decoder.decode, request) for _ in range(workers)))

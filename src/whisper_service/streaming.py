@@ -190,9 +190,10 @@ class StreamingSession:
     def push(self, chunk: np.ndarray) -> list[StreamEvent]:
         """Feed 16 kHz mono PCM (float32 or int16) of any size.
 
-        At most one re-decode runs per push (plus one per utterance end, and one whenever the
-        buffer reaches its cap), so a client that fell behind catches up by pushing everything
-        it has queued at once instead of paying one decode per queued frame.
+        At most one re-decode step runs per push (plus one per utterance end, and one whenever
+        the buffer reaches its cap), so a client that fell behind catches up by pushing
+        everything it has queued at once instead of paying one decode per queued frame. A
+        step decodes again only when the model wrote nothing after the committed words.
         """
         if self._closed:
             raise RuntimeError("session is closed")
@@ -241,7 +242,7 @@ class StreamingSession:
             self._drop_until(sample)
             self._in_speech, self._decoded_until = True, self._audio_start
             self._policy.reset()
-            self._in_buffer = []
+            self._in_buffer, self._recent = [], []
             return []
         return self._end_utterance(sample)
 
@@ -383,12 +384,13 @@ class StreamingSession:
             cut = end - self.options.max_buffer_s / 2
             older = [w for w in self._policy.tentative if w.start < cut]
             cut = max([cut] + [w.end for w in older])
-            events = self._finals(self._policy.commit_all(older))
+            if older:
+                events = self._finals(self._policy.commit_all(older))
+                # The hypothesis for the rest went with it: that audio counts as undecoded.
+                self._decoded_until = int(cut * SAMPLE_RATE)
         if cut is not None and cut * SAMPLE_RATE > self._audio_start:
             self._forget_committed(cut)
             self._drop_until(int(cut * SAMPLE_RATE))
-        if events:  # the hypothesis for the rest was dropped with it: that audio is undecoded
-            self._decoded_until = self._audio_start
         return events
 
     def _forget_committed(self, until: float) -> None:

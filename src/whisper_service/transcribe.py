@@ -58,7 +58,8 @@ class Transcript:
 
 @dataclass(frozen=True)
 class TranscribeOptions:
-    """Settings passed straight through to faster-whisper; None language means detect."""
+    """Decode settings; None language means detect. File decodes pass them all to
+    faster-whisper's `transcribe`; window decodes (streaming) use the decoding ones."""
 
     language: str | None = None
     task: Task = "transcribe"

@@ -58,8 +58,9 @@ def test_bad_files_do_not_stop_good_ones(tmp_path, data_dir):
     out = tmp_path / "out"
     proc = run("transcribe", tmp_path / "missing.wav", tmp_path, empty, junk,
                data_dir / "en_short.wav", "-m", "tiny.en", "-o", out)
-    assert_one_line_error(proc, "missing.wav: no such file", "is a directory", "empty.wav: file is empty",
-                          "junk.ogg: not a decodable audio file", "4 of 5 file(s) failed")
+    assert_one_line_error(proc, "missing.wav: no such file", "is a directory",
+                          "empty.wav: file is empty", "junk.ogg: not a decodable audio file",
+                          "4 of 5 file(s) failed")
     assert "fox" in (out / "en_short.txt").read_text().lower()
 
 
@@ -97,4 +98,5 @@ def test_models_lists_bundled():
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
     assert any(line.startswith("tiny.en") and "English-only" in line for line in lines)
-    assert any(line.startswith("base") and "multilingual" in line and "MB" in line for line in lines)
+    assert any(line.startswith("base") and "multilingual" in line and "MB" in line
+               for line in lines)

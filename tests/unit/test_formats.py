@@ -26,7 +26,8 @@ def test_timestamp():
 
 def test_srt_parses_strictly():
     subs = list(srt.parse(render(TRANSCRIPT, "srt"), ignore_errors=False))
-    assert [s.content for s in subs] == ["Hello world.", "Zero length.", "An hour later, -->arrows."]
+    assert [s.content for s in subs] == ["Hello world.", "Zero length.",
+                                         "An hour later, -->arrows."]
     assert all(s.end > s.start for s in subs)
     assert subs[2].start.total_seconds() == pytest.approx(3665.0)
 

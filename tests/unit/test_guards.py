@@ -112,3 +112,10 @@ def test_punctuation_and_case_differences_still_count_as_repeats():
 def test_punctuation_only_tokens_never_form_a_loop():
     assert loop_start(["...", "...", "...", "...", "...", "..."]) is None
     assert loop_start(["-", "!", "-", "!", "-", "!"]) is None
+
+
+def test_repeats_followed_by_other_words_are_speech_not_a_loop():
+    assert loop_start("thank you thank you thank you and then we left".split()) is None
+    assert loop_start(["yes"] * 6 + ["okay"]) is None
+    # Still a loop when the last repetition is cut short by the end of the window.
+    assert loop_start("we will meet again we will meet again we will meet again we".split()) == 4
