@@ -30,6 +30,16 @@ def is_hallucination(segment: Segment) -> bool:
     return segment.no_speech_prob > 0.6 and segment.avg_logprob < -1.0
 
 
+def credits_start(words: Sequence[str]) -> int | None:
+    """Index of the word where a credits phrase begins, else None."""
+    norm = [normalize(w) for w in words]
+    for i in range(len(norm)):
+        tail = " ".join(w for w in norm[i:] if w)
+        if norm[i] and any(tail.startswith(c) for c in _CREDITS):
+            return i
+    return None
+
+
 def loop_start(words: Sequence[str], max_n: int = 6, min_repeats: int = 3) -> int | None:
     """Index where an n-gram starts repeating back-to-back to the very end, else None.
 

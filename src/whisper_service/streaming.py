@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .audio import SAMPLE_RATE, as_float32
 from .context import RollingContext
-from .guards import is_hallucination, loop_start
+from .guards import credits_start, is_hallucination, loop_start
 from .text import normalize
 from .transcribe import Decoder, DecodeRequest, Task, TranscribeOptions
 from .vad import SileroVAD, VADIterator, VadOptions, get_vad_model
@@ -311,13 +311,22 @@ class StreamingSession:
             self._language = result.language  # detected once with confidence, then kept
         self._detected = result.language
         words, self._boundaries = [], []
-        forced = _letters(prefix)  # segments holding the forced prefix are kept as they are
+        forced = _letters(prefix)
         for seg in result.segments:
-            if forced <= 0 and is_hallucination(seg):
+            seg_words = [StreamWord(offset + w.start, offset + w.end, w.word, w.probability)
+                         for w in seg.words]
+            # A segment holding (part of) the forced prefix is judged by its new text only.
+            fresh = _skip(forced, seg_words)
+            forced -= sum(_letters(w.text) for w in seg_words)
+            keep = len(seg_words)
+            credits = credits_start([w.text for w in fresh])
+            if credits is not None:
+                keep -= len(fresh) - credits
+            elif fresh and is_hallucination(replace(seg, text="".join(w.text for w in fresh))):
+                keep -= len(fresh)
+            if not keep:
                 continue
-            forced -= sum(_letters(w.word) for w in seg.words)
-            words += [StreamWord(offset + w.start, offset + w.end, w.word, w.probability)
-                      for w in seg.words]
+            words += seg_words[:keep]
             self._boundaries.append(offset + seg.end)
         new = _after(prefix, words)
         # A loop may repeat what is already committed, so the latest committed words count.
@@ -414,11 +423,15 @@ def _letters(text: str) -> int:
 
 def _after(prefix: str, words: list[StreamWord]) -> list[StreamWord]:
     """The words a decode added after its forced prefix (the prefix's words come back too)."""
-    remaining = _letters(prefix)
+    return _skip(_letters(prefix), words)
+
+
+def _skip(letters: int, words: list[StreamWord]) -> list[StreamWord]:
+    """The words after the first `letters` non-space characters."""
     for i, word in enumerate(words):
-        if remaining <= 0:
+        if letters <= 0:
             return words[i:]
-        remaining -= _letters(word.text)
+        letters -= _letters(word.text)
     return []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_service.guards import is_hallucination, loop_start
+from whisper_service.guards import credits_start, is_hallucination, loop_start
 from whisper_service.transcribe import Segment
 
 
@@ -119,3 +119,10 @@ def test_repeats_followed_by_other_words_are_speech_not_a_loop():
     assert loop_start(["yes"] * 6 + ["okay"]) is None
     # Still a loop when the last repetition is cut short by the end of the window.
     assert loop_start("we will meet again we will meet again we will meet again we".split()) == 4
+
+
+def test_credits_start_finds_where_the_credits_begin():
+    assert credits_start(" see you then. Thanks for watching!".split()) == 3
+    assert credits_start(["Subtitles", "by", "the", "Amara.org", "community"]) == 0
+    assert credits_start("thanks for the help".split()) is None
+    assert credits_start([]) is None

@@ -273,6 +273,22 @@ class ShortSightedDecoder(GridDecoder):
         return self.heard(t0, t1 if t1 - t0 <= 5.0 else t0 + self.reach)
 
 
+class CreditsAfterPrefixDecoder(GridDecoder):
+    """Writes everything as one segment and, when it has a prefix, ends it with the credits
+    Whisper learnt from subtitles."""
+
+    def decode(self, request):
+        result = super().decode(request)
+        words = [w for seg in result.segments for w in seg.words]
+        if request.options.prefix and words:
+            end = words[-1].end
+            words += [Word(end, end + 0.1, " Thanks", 0.9), Word(end + 0.1, end + 0.2, " for", 0.9),
+                      Word(end + 0.2, end + 0.3, " watching!", 0.9)]
+        return Transcript("en", 1.0, result.duration, (
+            Segment(0, words[0].start, words[-1].end, "".join(w.word for w in words),
+                    tuple(words), avg_logprob=-0.2, no_speech_prob=0.01),) if words else ())
+
+
 class StopAtPrefixDecoder(GridDecoder):
     """Returns only the forced prefix when there is one: a model that ends its text there
     although speech goes on (beam search does this after a forced sentence end)."""
@@ -695,3 +711,13 @@ def test_words_a_model_left_out_of_a_long_window_are_decoded_before_the_end(
     ids = [word_id(w) for w in final_words(events)]
     assert ids == sorted(set(ids))
     assert ids[-1] == decoder.expected_ids()[-1], "the end of the stream was never decoded"
+
+
+def test_hallucinated_credits_after_the_prefix_are_dropped(passage, tokenizer):
+    pcm = build(passage[:9 * SR])
+    decoder = CreditsAfterPrefixDecoder(pcm)
+    _, events = run(decoder, pcm, tokenizer)
+    assert any(c.options.prefix for c in decoder.calls), "precondition: prefixed decodes"
+    words = [normalize(w.text) for w in final_words(events)]
+    assert "watching" not in words and "thanks" not in words, words
+    assert len(words) >= len(decoder.expected_ids()) - 2
