@@ -18,7 +18,7 @@ from .audio import SAMPLE_RATE, as_float32
 from .context import RollingContext
 from .guards import credits_start, is_hallucination, loop_start
 from .text import normalize
-from .transcribe import Decoder, DecodeRequest, Task, TranscribeOptions
+from .transcribe import Decoder, DecodeRequest, Task, TranscribeOptions, Transcript
 from .vad import SileroVAD, VADIterator, VadOptions, get_vad_model
 
 if TYPE_CHECKING:
@@ -310,6 +310,19 @@ class StreamingSession:
                 and result.language_probability >= 0.5:
             self._language = result.language  # detected once with confidence, then kept
         self._detected = result.language
+        new = _after(prefix, self._words(result, prefix, offset))
+        # A loop may repeat what is already committed, so the latest committed words count.
+        recent = self._recent if loop_start(self._recent) is None else []
+        cut = loop_start(recent + [w.text for w in new])
+        if cut is not None:  # never commit a loop, and don't prompt with what may have caused it
+            new = new[:max(0, cut - len(recent))]
+            self.stats["loops"] += 1
+            self.context.reset()
+        self._stopped_at_prefix = bool(prefix) and not new
+        return new
+
+    def _words(self, result: Transcript, prefix: str, offset: float) -> list[StreamWord]:
+        """A decode's words in stream time, without invented text; notes segment ends."""
         words, self._boundaries = [], []
         forced = _letters(prefix)
         for seg in result.segments:
@@ -328,16 +341,7 @@ class StreamingSession:
                 continue
             words += seg_words[:keep]
             self._boundaries.append(offset + seg.end)
-        new = _after(prefix, words)
-        # A loop may repeat what is already committed, so the latest committed words count.
-        recent = self._recent if loop_start(self._recent) is None else []
-        cut = loop_start(recent + [w.text for w in new])
-        if cut is not None:  # never commit a loop, and don't prompt with what may have caused it
-            new = new[:max(0, cut - len(recent))]
-            self.stats["loops"] += 1
-            self.context.reset()
-        self._stopped_at_prefix = bool(prefix) and not new
-        return new
+        return words
 
     def _transcribe_options(self, prompt: str | None,
                             prefix: str | None = None) -> TranscribeOptions:
