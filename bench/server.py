@@ -84,23 +84,9 @@ def rss_mb(proc: psutil.Process) -> float:
     return total / 2**20
 
 
-def bare_import_rss() -> float:
-    """RSS of a bare Python process that imports the server code (no model loaded)."""
-    code = ("import whisper_service.server, psutil; "
-            "print(psutil.Process().memory_info().rss / 2**20)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=os.environ.copy())
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def model_only_rss() -> float:
-    """RSS of a bare Python process holding only the model, through raw faster-whisper."""
-    code = ("import psutil; from faster_whisper import WhisperModel; "
-            "from whisper_service.config import get_settings; "
-            "from whisper_service.registry import resolve; "
-            f"m = WhisperModel(str(resolve({MODEL!r}, get_settings().cache_dir)), "
-            "device='cpu', compute_type='int8'); "
-            "print(psutil.Process().memory_info().rss / 2**20)")
+def rss_after(setup: str) -> float:
+    """RSS in MB of a fresh Python process once it has run `setup`."""
+    code = f"import psutil; {setup}; print(psutil.Process().memory_info().rss / 2**20)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=os.environ.copy())
     return float(out.stdout.strip().splitlines()[-1])
@@ -242,8 +228,13 @@ def main() -> None:
         server = psutil.Process(proc.pid)
         time.sleep(1.0)
         at_rest = rss_mb(server)
-        bare = bare_import_rss()
-        model_only = model_only_rss()
+        bare = rss_after("import whisper_service.server")  # the server code, no model
+        model_only = rss_after(  # only the model, through raw faster-whisper
+            "from faster_whisper import WhisperModel; "
+            "from whisper_service.config import get_settings; "
+            "from whisper_service.registry import resolve; "
+            f"m = WhisperModel(str(resolve({MODEL!r}, get_settings().cache_dir)), "
+            "device='cpu', compute_type='int8')")
         peaks: dict[int, float] = {}
         for n in counts:
             results, peak = asyncio.run(run_clients(n, url, headers, pcm, reference, server))

