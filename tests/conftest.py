@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -30,6 +31,42 @@ def read_wav(path: Path) -> np.ndarray:
 
 def reference(name: str) -> str:
     return (DATA / f"{name}.txt").read_text(encoding="utf-8").strip()
+
+
+def duration(name: str) -> float:
+    """Length of a committed WAV in seconds, so no test hard-codes it."""
+    with wave.open(str(DATA / f"{name}.wav")) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def english_wer(reference_text: str, hypothesis: str) -> float:
+    """WER after Whisper's own English normalizer ("$380" = "380 dollars", "4,172" = "4172",
+    British = American spelling), the normalization Whisper's published WERs use."""
+    from jiwer import wer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    ref = EnglishTextNormalizer()(reference_text)
+    return wer(ref, EnglishTextNormalizer()(hypothesis) or "<empty>")
+
+
+def backend() -> str:
+    """The CTranslate2 int8 backend this run forces, if any (see tests/README.md)."""
+    forced = [f"CT2_{name}={os.environ[f'CT2_{name}']}" for name in ("USE_MKL", "FORCE_CPU_ISA")
+              if os.environ.get(f"CT2_{name}")]
+    return ", ".join(forced) or "the CPU vendor's default"
+
+
+def assert_wer(label: str, reference_text: str, hypothesis: str, bound: float) -> float:
+    """Assert WER < bound. With WHISPER_SERVICE_TEST_WER_LOG set, every observed value is
+    appended there first (pass or fail), so bench/backends.py can tabulate the margins."""
+    error = english_wer(reference_text, hypothesis)
+    log = os.environ.get("WHISPER_SERVICE_TEST_WER_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"label": label, "backend": backend(), "wer": round(error, 4),
+                                "bound": bound, "text": hypothesis}) + "\n")
+    assert error < bound, f"{label}: WER {error:.3f} >= {bound} for {hypothesis!r}"
+    return error
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +99,10 @@ def base(model_manager):
     loaded = model_manager.acquire("base")
     yield loaded
     model_manager.release(loaded)
+
+
+def pytest_report_header(config):
+    return f"CTranslate2 int8 backend: {backend()} (CT2_USE_MKL / CT2_FORCE_CPU_ISA)"
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -24,7 +24,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 FAKE_RATE = 48000
-EXPECTED_WORDS = ("quick", "lazy", "dog", "sea", "shore")
+EXPECTED_WORDS = ("quick", "lazy", "dog", "sister", "window", "morning")
 FINALS_TIMEOUT_MS = 40_000
 
 
@@ -192,7 +192,6 @@ def test_file_upload_srt(page, page_errors):
 
     expect(download).to_be_visible()
     name = download.get_attribute("download")
-    assert name and name.endswith(".srt"), name
     assert name == "en_short.srt"
     href = download.get_attribute("href")
     assert href and href.startswith("blob:")

@@ -1,6 +1,7 @@
 """The installed console script, run as a user would run it."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,13 +11,16 @@ import pytest
 import srt
 import webvtt
 
+from tests.conftest import duration
+
 pytestmark = pytest.mark.integration
 
 EXE = shutil.which("whisper-service") or str(Path(sys.executable).parent / "whisper-service")
 
 
-def run(*args, timeout=180):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=180, env=None):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def assert_one_line_error(proc, *needles):
@@ -44,7 +48,8 @@ def test_subtitles_and_json_files(tmp_path, data_dir):
             assert len(captions) >= 2 and captions[0].text
         elif fmt in ("json", "verbose_json"):
             data = json.loads((out / "en_passage.json").read_text())
-            assert data["language"] == "en" and 20 < data["duration"] < 26
+            assert data["language"] == "en"
+            assert abs(data["duration"] - duration("en_passage")) < 0.05
             assert data["segments"] and "words" in data["segments"][0]
         else:
             assert "written text" in (out / "en_passage.txt").read_text().lower()
@@ -78,7 +83,8 @@ def test_stdout_and_translate(data_dir):
     (["-o", "/proc/not-writable"], "/proc/not-writable"),
 ])
 def test_usage_errors_are_one_line(data_dir, args, needle):
-    proc = run("transcribe", data_dir / "en_short.wav", *args)
+    # Offline mode makes the hub unreachable whatever network this machine has.
+    proc = run("transcribe", data_dir / "en_short.wav", *args, env={"HF_HUB_OFFLINE": "1"})
     assert_one_line_error(proc, needle)
 
 

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from jiwer import wer
-
-from tests.conftest import DATA, read_wav, reference
+from tests.conftest import DATA, assert_wer, english_wer, read_wav, reference
+from whisper_service.guards import loop_start
 from whisper_service.streaming import StreamingSession, StreamOptions, replay
 from whisper_service.text import normalize
 from whisper_service.transcribe import Decoder, DecodeRequest, TranscribeOptions
@@ -27,34 +26,45 @@ def text_of(events):
     return " ".join(e.text for e in finals(events))
 
 
-def test_streaming_matches_offline_within_margin(model_manager, base):
-    audio = read_wav(DATA / "en_passage.wav")
-    offline = Decoder(base).decode(DecodeRequest(audio, TranscribeOptions(language="en")))
-    _, events = stream(model_manager, "base", audio, language="en")
-    ref = normalize(reference("en_passage"))
-    assert wer(ref, normalize(text_of(events))) <= wer(ref, normalize(offline.text)) + 0.1
-    assert wer(ref, normalize(text_of(events))) < 0.3
-
-
-def test_finals_are_ordered_and_do_not_overlap(model_manager, tiny_en):
-    _, events = stream(model_manager, "tiny.en", read_wav(DATA / "en_passage.wav"))
+def assert_finals_in_order(events, at_least: int) -> None:
+    """Finals are non-empty, ordered and never overlap; nothing is left tentative at the end."""
     fs = finals(events)
-    assert len(fs) >= 5
-    assert all(f.start <= f.end for f in fs)
+    assert len(fs) >= at_least
+    assert all(f.text and f.start <= f.end for f in fs)
     assert all(a.end <= b.start + 1e-6 for a, b in zip(fs, fs[1:]))
-    assert all(f.text for f in fs)
-    assert events[-1].type == "partial" and events[-1].text == ""  # nothing left tentative
+    assert events[-1].type == "partial" and events[-1].text == ""
 
 
-def test_push_size_does_not_change_text(model_manager, tiny_en):
+@pytest.fixture(scope="module")
+def passage_runs(model_manager, tiny_en):
+    """en_passage streamed through tiny.en in pushes of 10 ms, 100 ms and 2 s."""
+    audio = read_wav(DATA / "en_passage.wav")
+    return {chunk: stream(model_manager, "tiny.en", audio, chunk)[1] for chunk in (0.01, 0.1, 2.0)}
+
+
+def test_streaming_matches_offline_within_margin(passage_runs, tiny_en):
+    audio = read_wav(DATA / "en_passage.wav")
+    offline = Decoder(tiny_en).decode(DecodeRequest(audio, TranscribeOptions(language="en")))
+    ref = reference("en_passage")
+    streamed = assert_wer("stream tiny.en en_passage", ref, text_of(passage_runs[0.1]), 0.15)
+    assert streamed <= english_wer(ref, offline.text) + 0.1
+
+
+def test_push_size_does_not_change_text(passage_runs):
     """Bigger pushes decode less often (catch-up), and CTranslate2's multi-threaded int8 maths
     is not bit-exact from run to run, so texts may differ slightly, but not materially."""
-    audio = read_wav(DATA / "en_passage.wav")  # 53 words: one changed word is 0.02 WER
-    texts = {chunk: text_of(stream(model_manager, "tiny.en", audio, chunk)[1])
-             for chunk in (0.01, 0.1, 0.37, 2.0)}
-    assert wer(normalize(reference("en_passage")), normalize(texts[0.1])) < 0.2, texts
-    for chunk in (0.01, 0.37, 2.0):
-        assert wer(normalize(texts[0.1]), normalize(texts[chunk])) <= 0.15, texts
+    for events in passage_runs.values():
+        assert_finals_in_order(events, at_least=6)  # six sentences, a pause after each
+    texts = {chunk: text_of(events) for chunk, events in passage_runs.items()}
+    for chunk in (0.01, 2.0):  # 54 words: one changed word is 0.02 WER
+        assert_wer(f"stream tiny.en en_passage push {chunk} vs 0.1", texts[0.1], texts[chunk],
+                   0.15)
+
+
+def test_streaming_with_base(model_manager, base):
+    _, events = stream(model_manager, "base", read_wav(DATA / "en_short.wav"), language="en")
+    assert_finals_in_order(events, at_least=2)  # two sentences, a pause between
+    assert_wer("stream base en_short", reference("en_short"), text_of(events), 0.15)
 
 
 @pytest.mark.parametrize("kind", ["silence", "white_noise", "hum"])
@@ -103,13 +113,12 @@ def test_rolling_context_with_real_inference(model_manager, tiny_en, monkeypatch
     assert finals(second)
 
 
-@pytest.mark.parametrize("model", ["tiny.en", "base"])
-def test_context_improves_consistency_across_segments(model_manager, tiny_en, base, model):
+def test_context_improves_consistency_across_segments(model_manager, tiny_en):
     """A rare spelling given in the static prompt is used in every segment; without it,
-    Whisper writes the common spelling ("Caitlin Smith")."""
+    Whisper writes a common spelling ("Caitlin Smythe", "Katelyn Smife")."""
     audio = read_wav(DATA / "en_term.wav")
-    _, plain = stream(model_manager, model, audio, language="en")
-    _, prompted = stream(model_manager, model, audio, language="en",
+    _, plain = stream(model_manager, "tiny.en", audio, language="en")
+    _, prompted = stream(model_manager, "tiny.en", audio, language="en",
                          static_prompt="Katelynn Smyth")
     name = "Katelynn Smyth"
     assert text_of(plain).count(name) == 0, text_of(plain)
@@ -118,17 +127,31 @@ def test_context_improves_consistency_across_segments(model_manager, tiny_en, ba
 
 
 def test_context_trimming_during_real_inference_session(model_manager, tiny_en):
-    """Minutes of speech never take the context past its limit; the static prompt survives."""
-    passage = read_wav(DATA / "en_passage.wav")
-    audio = np.concatenate([passage] * 3)  # over a minute
+    """A minute of continuous speech never takes the context past its limit; the static
+    prompt survives, and the words are still right."""
+    audio = read_wav(DATA / "en_long.wav")  # 66 s of continuous reading
     static = "Whisper Service glossary: LocalAgreement, Silero."
     session = StreamingSession.open(model_manager, "tiny.en",
                                     StreamOptions(static_prompt=static, max_context_tokens=60))
-    seen = []
+    seen, events = [], []
     with session:
         for _, event in replay(session, audio, "fast", chunk_s=0.5):
+            events.append(event)
             seen.append(session.context.token_count())
             assert session.buffered_seconds <= 15 + 1.1
         assert session.context.prompt().startswith(static)
     assert max(seen) <= 60
     assert session.stats["finals"] > 20
+    assert_finals_in_order(events, at_least=20)
+    assert_wer("stream tiny.en en_long", reference("en_long"), text_of(events), 0.15)
+
+
+def test_hard_voice_streams_without_loops_or_overlaps(model_manager, tiny_en):
+    """espeak-ng's robotic voice: its words depend on the CTranslate2 backend, so only
+    behaviour is asserted. Every utterance is finalized, in order, with no repetition loop."""
+    _, events = stream(model_manager, "tiny.en", read_wav(DATA / "en_hard_espeak.wav"))
+    assert_finals_in_order(events, at_least=1)
+    words = normalize(text_of(events)).split()
+    assert 8 <= len(words) <= 2 * len(reference("en_hard_espeak").split()), words
+    assert loop_start(words) is None, words
+    assert events[-1].type == "partial" and events[-1].text == ""

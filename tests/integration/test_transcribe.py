@@ -1,10 +1,10 @@
-"""File transcription with real models on espeak-ng speech."""
+"""File transcription with real models on real speech (Piper's neural voice for English,
+espeak-ng for German and Spanish)."""
 
 import pytest
 from faster_whisper import WhisperModel
-from jiwer import wer
 
-from tests.conftest import read_wav, reference
+from tests.conftest import assert_wer, english_wer, read_wav, reference
 from whisper_service.text import normalize
 from whisper_service.transcribe import Decoder, DecodeRequest, TranscribeOptions
 
@@ -21,16 +21,43 @@ def read_wav_data(name):
     return read_wav(DATA / f"{name}.wav")
 
 
-def test_english_wer_with_base(base):
-    result = decode(base, "en_passage", language="en")
-    error = wer(normalize(reference("en_passage")), normalize(result.text))
-    assert error < 0.25, result.text
+# Bounds: about twice the worst WER seen on MKL, oneDNN and GENERIC, plus 0.05 (tests/README.md).
+@pytest.mark.parametrize("model, name, bound", [
+    ("tiny.en", "en_short", 0.15),
+    ("tiny.en", "en_passage", 0.2),
+    ("tiny.en", "en_numbers", 0.2),
+    ("tiny.en", "en_long", 0.1),
+    ("base", "en_passage", 0.15),
+    ("base", "en_numbers", 0.2),
+])
+def test_english_wer(request, model, name, bound):
+    loaded = request.getfixturevalue(model.replace(".", "_"))
+    result = decode(loaded, name, language="en")
+    assert_wer(f"offline {model} {name}", reference(name), result.text, bound)
     assert result.language == "en"
 
 
-def test_english_wer_with_tiny_en(tiny_en):
-    result = decode(tiny_en, "en_short")
-    assert wer(normalize(reference("en_short")), normalize(result.text)) < 0.5, result.text
+@pytest.mark.parametrize("model", ["tiny_en", "base"])
+def test_numbers_come_out_as_digits(request, model):
+    """Whisper writes numbers as digits; the order number and amounts must survive."""
+    result = decode(request.getfixturevalue(model), "en_numbers", language="en")
+    words = set(normalize(result.text.replace(",", "")).split())
+    assert {"4172", "25", "12", "380"} <= words, result.text
+
+
+def test_hard_voice_is_robot_speech_not_noise(tiny_en):
+    """espeak-ng's robotic voice is at the edge of what tiny.en hears (its words flip with the
+    CTranslate2 backend), so only behaviour is asserted: speech is found and most of it heard."""
+    result = decode(tiny_en, "en_hard_espeak")
+    assert result.segments and result.text
+    assert english_wer(reference("en_hard_espeak"), result.text) < 0.9, result.text
+
+
+def test_prompt_sets_a_rare_spelling(base):
+    plain = decode(base, "en_term", language="en")
+    prompted = decode(base, "en_term", language="en", initial_prompt="Katelynn Smyth")
+    assert plain.text.count("Katelynn Smyth") == 0, plain.text
+    assert prompted.text.count("Katelynn Smyth") >= 3, prompted.text  # said four times
 
 
 @pytest.mark.parametrize("name, language", [("de_short", "de"), ("es_short", "es")])
@@ -50,7 +77,7 @@ def test_translate_returns_english(base):
 def test_word_timestamps_are_ordered(base):
     result = decode(base, "en_short", word_timestamps=True)
     words = [w for s in result.segments for w in s.words]
-    assert len(words) >= 12
+    assert len(words) >= len(reference("en_short").split()) - 3
     assert all(a.end <= b.start + 1e-3 for a, b in zip(words, words[1:]))
     assert words[-1].end <= result.duration + 0.05
 

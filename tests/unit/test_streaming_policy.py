@@ -6,8 +6,8 @@ decoder finds where the requested audio lies in the (dithered, hence unique) tes
 it sees absolute time without peeking at the session, and it checks on the way that the session
 hands over the stream's own samples, in order. It hears a word when the word's audio is speech
 and lies wholly inside the request, as Whisper would. Same audio -> same words, so the words do
-not depend on where the session cut its buffer. Real speech (tests/data/en_passage.wav) opens
-the real Silero VAD gate.
+not depend on where the session cut its buffer. Real speech opens the real Silero VAD gate:
+tests/data/en_espeak_passage.wav, espeak-ng's voice with short pauses, so utterances run long.
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ class StopAtPrefixDecoder(GridDecoder):
 
 @pytest.fixture(scope="module")
 def passage() -> np.ndarray:
-    with wave.open(str(DATA / "en_passage.wav")) as w:
+    with wave.open(str(DATA / "en_espeak_passage.wav")) as w:
         assert w.getframerate() == SR and w.getnchannels() == 1 and w.getsampwidth() == 2
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
 

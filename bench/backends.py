@@ -1,0 +1,79 @@
+"""The test suite's WER margins on each CTranslate2 int8 backend.
+
+CTranslate2 picks its int8 backend by CPU vendor (Intel MKL on Intel CPUs, oneDNN elsewhere),
+and `CT2_FORCE_CPU_ISA=GENERIC` gives a third arithmetic. Model outputs differ slightly
+between them, so every accuracy assertion must hold on all three. This runs the
+model-dependent tests once per backend, one after another, collects every WER the tests
+assert on (tests/conftest.py `assert_wer` logs them), and prints the table for tests/README.md:
+the worst value, the rule-of-thumb bound 2 x worst + 0.05, and the bound the test uses.
+
+    .venv/bin/python bench/backends.py [-k EXPR] [--backends MKL oneDNN GENERIC]
+
+On AMD CPUs MKL runs about 4.5x slower than oneDNN, so the MKL pass takes longest there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = {"MKL": {"CT2_USE_MKL": "1"}, "oneDNN": {"CT2_USE_MKL": "0"},
+            "GENERIC": {"CT2_FORCE_CPU_ISA": "GENERIC"}}
+
+
+def run(name: str, env: dict[str, str], log: Path, select: list[str]) -> tuple[int, float]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CT2_")}
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-m", "integration or e2e", *select],
+        cwd=ROOT, env={**clean, **env, "WHISPER_SERVICE_TEST_WER_LOG": str(log)},
+        capture_output=True, text=True)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
+    print(f"{name}: {summary}", file=sys.stderr)
+    return proc.returncode, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", help="pytest -k expression to run a subset")
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
+    args = parser.parse_args()
+    select = ["-k", args.k] if args.k else []
+    table: dict[str, dict[str, float]] = defaultdict(dict)
+    bounds: dict[str, float] = {}
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.backends:
+            env = BACKENDS[name]
+            log = Path(tmp) / f"{name}.jsonl"
+            code, seconds = run(name, env, log, select)
+            if code:
+                failed.append(name)
+            for line in log.read_text().splitlines() if log.exists() else []:
+                row = json.loads(line)
+                label = row["label"]
+                table[label][name] = max(table[label].get(name, 0.0), row["wer"])
+                bounds[label] = row["bound"]
+    print(f"| assertion | {' | '.join(args.backends)} | 2 x worst + 0.05 | bound |")
+    print(f"|---|{'---|' * len(args.backends)}---|---|")
+    for label in sorted(table):
+        values = table[label]
+        worst = max(values.values())
+        cells = " | ".join(f"{values[b]:.3f}" if b in values else "-" for b in args.backends)
+        print(f"| {label} | {cells} | {2 * worst + 0.05:.3f} | {bounds[label]} |")
+    if failed:
+        print(f"tests failed under: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
