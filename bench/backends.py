@@ -42,34 +42,50 @@ def run(name: str, env: dict[str, str], log: Path, select: list[str]) -> tuple[i
     return proc.returncode, time.perf_counter() - started
 
 
+def read_logs(logs: dict[str, Path]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Worst WER per assertion label and backend, and each label's bound."""
+    table: dict[str, dict[str, float]] = defaultdict(dict)
+    bounds: dict[str, float] = {}
+    for name, log in logs.items():
+        for line in log.read_text().splitlines() if log.exists() else []:
+            row = json.loads(line)
+            label = row["label"]
+            table[label][name] = max(table[label].get(name, 0.0), row["wer"])
+            bounds[label] = row["bound"]
+    return table, bounds
+
+
+def print_table(names: list[str], table: dict[str, dict[str, float]],
+                bounds: dict[str, float]) -> None:
+    print(f"| assertion | {' | '.join(names)} | 2 x worst + 0.05 | bound |")
+    print(f"|---|{'---|' * len(names)}---|---|")
+    for label in sorted(table):
+        values = table[label]
+        worst = max(values.values())
+        cells = " | ".join(f"{values[b]:.3f}" if b in values else "-" for b in names)
+        print(f"| {label} | {cells} | {2 * worst + 0.05:.3f} | {bounds[label]} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", help="pytest -k expression to run a subset")
     parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
+    parser.add_argument("--logs", nargs="+", metavar="NAME=FILE",
+                        help="tabulate WHISPER_SERVICE_TEST_WER_LOG files instead of running")
     args = parser.parse_args()
+    if args.logs:
+        logs = {n: Path(f) for n, f in (item.split("=", 1) for item in args.logs)}
+        print_table(list(logs), *read_logs(logs))
+        return 0
     select = ["-k", args.k] if args.k else []
-    table: dict[str, dict[str, float]] = defaultdict(dict)
-    bounds: dict[str, float] = {}
     failed = []
     with tempfile.TemporaryDirectory() as tmp:
+        logs = {name: Path(tmp) / f"{name}.jsonl" for name in args.backends}
         for name in args.backends:
-            env = BACKENDS[name]
-            log = Path(tmp) / f"{name}.jsonl"
-            code, seconds = run(name, env, log, select)
+            code, seconds = run(name, BACKENDS[name], logs[name], select)
             if code:
                 failed.append(name)
-            for line in log.read_text().splitlines() if log.exists() else []:
-                row = json.loads(line)
-                label = row["label"]
-                table[label][name] = max(table[label].get(name, 0.0), row["wer"])
-                bounds[label] = row["bound"]
-    print(f"| assertion | {' | '.join(args.backends)} | 2 x worst + 0.05 | bound |")
-    print(f"|---|{'---|' * len(args.backends)}---|---|")
-    for label in sorted(table):
-        values = table[label]
-        worst = max(values.values())
-        cells = " | ".join(f"{values[b]:.3f}" if b in values else "-" for b in args.backends)
-        print(f"| {label} | {cells} | {2 * worst + 0.05:.3f} | {bounds[label]} |")
+        print_table(args.backends, *read_logs(logs))
     if failed:
         print(f"tests failed under: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

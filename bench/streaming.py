@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
     parser.add_argument("--min-chunk", type=float, default=get_settings().min_chunk_s)
-    parser.add_argument("--beam-size", type=int, default=StreamOptions().beam_size)
+    parser.add_argument("--beam-size", type=int, default=get_settings().stream_beam_size)
     parser.add_argument("--files", nargs="+", default=list(FILES))
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per file: the simulated clock follows real compute time, "
@@ -70,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
 
     manager = ModelManager.from_settings(get_settings())
-    options = StreamOptions(language="en", min_chunk_s=args.min_chunk, beam_size=args.beam_size)
+    options = StreamOptions.from_settings(language="en", min_chunk_s=args.min_chunk,
+                                          beam_size=args.beam_size)
     rows = []
     for model in args.models:
         decoder = Decoder(manager.acquire(model))

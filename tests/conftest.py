@@ -8,6 +8,7 @@ import resource
 import shutil
 import tempfile
 import wave
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,27 @@ def read_wav(path: Path) -> np.ndarray:
     with wave.open(str(path)) as w:
         assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
+
+
+@contextmanager
+def held(manager, name: str):
+    """A model reference for the length of a block."""
+    loaded = manager.acquire(name)
+    try:
+        yield loaded
+    finally:
+        manager.release(loaded)
+
+
+def write_wav(path: Path, audio: np.ndarray | None = None, rate: int = 16000) -> Path:
+    """Mono int16 WAV of float samples in [-1, 1] (none: a valid file with zero samples)."""
+    samples = np.zeros(0) if audio is None else audio
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
 
 
 def reference(name: str) -> str:

@@ -46,7 +46,8 @@ def decode_file(source: str | Path | BinaryIO, name: str | None = None) -> np.nd
 
 
 def pcm_to_float(data: bytes, encoding: Encoding) -> np.ndarray:
-    """Convert little-endian PCM bytes to float32 in [-1, 1]."""
+    """Little-endian PCM bytes to float32 samples. pcm_f32le comes as sent (NaN and all):
+    the session sanitises every push with `as_float32`, the one place that does."""
     if encoding == "pcm_s16le":
         if len(data) % 2:
             raise AudioError("pcm_s16le frame length must be a multiple of 2 bytes")
@@ -54,9 +55,31 @@ def pcm_to_float(data: bytes, encoding: Encoding) -> np.ndarray:
     if encoding == "pcm_f32le":
         if len(data) % 4:
             raise AudioError("pcm_f32le frame length must be a multiple of 4 bytes")
-        samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
-        return np.clip(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
     raise AudioError(f"unsupported encoding {encoding!r}; use pcm_s16le or pcm_f32le")
+
+
+class Resampler:
+    """A client's float32 frames at `rate` to 16 kHz; stateful, so frame edges leave no
+    clicks. FFmpeg's resampler through PyAV, which faster-whisper already depends on."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._av = None
+        if rate != SAMPLE_RATE:
+            import av
+
+            self._av = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        if self._av is None or not len(samples):
+            return samples
+        import av
+
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = self.rate
+        out = [f.to_ndarray().reshape(-1) for f in self._av.resample(frame)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def as_float32(chunk: np.ndarray) -> np.ndarray:

@@ -10,10 +10,16 @@ import sys
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
-from .config import get_settings
+from .config import Settings, describe_error, get_settings
 
 LANGUAGE_HELP = "auto, or a language code such as en, de, es"
+
+
+def _default(field: str) -> str:
+    """A setting's default as `--help` shows it (the value itself comes from Settings)."""
+    return str(Settings.model_fields[field].default)
 
 
 def _fail(message: str) -> click.ClickException:
@@ -21,14 +27,12 @@ def _fail(message: str) -> click.ClickException:
 
 
 def _language(value: str) -> str | None:
-    from .registry import check_language
+    from .registry import parse_language
 
-    lang = None if value in ("auto", "") else value
     try:
-        check_language(lang)
+        return parse_language(value)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    return lang
 
 
 def _manager():
@@ -49,11 +53,16 @@ def _load(manager, name: str):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Whisper Service: self-hosted real-time speech-to-text."""
+    try:
+        get_settings()  # an invalid WHISPER_SERVICE_* variable stops here, named in one line
+    except ValidationError as exc:
+        raise _fail(describe_error(exc)) from None
 
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "-m", default=lambda: get_settings().default_model, show_default="base")
+@click.option("--model", "-m", default=lambda: get_settings().default_model,
+              show_default=_default("default_model"))
 @click.option("--language", "-l", default="auto", show_default=True, help=LANGUAGE_HELP)
 @click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe",
               show_default=True)
@@ -165,9 +174,9 @@ def models() -> None:
 @click.option("--chunk", default=0.1, show_default=True, type=click.FloatRange(0.001, 60),
               help="Seconds of audio per push.")
 @click.option("--min-chunk", default=lambda: get_settings().min_chunk_s, type=float,
-              show_default="0.7", help="Seconds of new audio before re-decoding.")
-@click.option("--beam-size", default=lambda: get_settings().stream_beam_size, show_default="5",
-              type=click.IntRange(1, 20))
+              show_default=_default("min_chunk_s"), help="Seconds of new audio before re-decoding.")
+@click.option("--beam-size", default=lambda: get_settings().stream_beam_size, type=int,
+              show_default=_default("stream_beam_size"))
 @click.option("--static-prompt", default="", help="Names and terms; never trimmed.")
 @click.option("--words", is_flag=True, help="Include word timestamps in finals.")
 def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: float,
@@ -179,13 +188,15 @@ def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: f
     from .registry import ModelNotFoundError
     from .streaming import StreamingSession, StreamOptions, replay
 
-    settings = get_settings()
+    try:
+        options = StreamOptions.from_settings(
+            language=_language(language), task=task, min_chunk_s=min_chunk,
+            beam_size=beam_size, static_prompt=static_prompt)
+    except ValidationError as exc:
+        flags = {"min_chunk_s": "--min-chunk", "stream_beam_size": "--beam-size"}
+        raise _fail(describe_error(exc, flags)) from None
     try:
         audio = decode_file(file)
-        options = StreamOptions(language=_language(language), task=task, min_chunk_s=min_chunk,
-                                beam_size=beam_size, static_prompt=static_prompt,
-                                max_buffer_s=settings.max_buffer_s,
-                                max_context_tokens=settings.max_context_tokens)
         session = StreamingSession.open(_manager(), model, options)
     except (AudioError, ModelNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -205,47 +216,31 @@ def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: f
 
 
 @main.command()
-@click.option("--host", default=lambda: get_settings().host, show_default="127.0.0.1")
-@click.option("--port", default=lambda: get_settings().port, type=int, show_default="8000")
-@click.option("--model", "-m", default=lambda: get_settings().default_model, show_default="base",
-              help="Default model, loaded at start-up.")
+@click.option("--host", default=lambda: get_settings().host, show_default=_default("host"))
+@click.option("--port", default=lambda: get_settings().port, type=int,
+              show_default=_default("port"))
+@click.option("--model", "-m", default=lambda: get_settings().default_model,
+              show_default=_default("default_model"), help="Default model, loaded at start-up.")
 @click.option("--max-sessions", type=int, default=lambda: get_settings().max_sessions,
-              show_default="16", help="Concurrent streaming sessions.")
+              show_default=_default("max_sessions"), help="Concurrent streaming sessions.")
 @click.option("--log-level", default="info", show_default=True)
 def serve(host: str, port: int, model: str, max_sessions: int, log_level: str) -> None:
     """Start the HTTP and WebSocket server with the live transcription page."""
-    import asyncio
-
-    import uvicorn
-
     from .memory import limit_arenas
     from .registry import ModelNotFoundError, resolve
-    from .server import create_app
+    from .server import run
 
     limit_arenas()  # before any thread exists (a hub download starts some)
-    settings = get_settings().model_copy(update={"host": host, "port": port,
-                                                 "default_model": model,
-                                                 "max_sessions": max_sessions})
+    try:
+        settings = get_settings().override(host=host, port=port, default_model=model,
+                                           max_sessions=max_sessions)
+    except ValidationError as exc:
+        raise _fail(describe_error(exc, {"port": "--port", "max_sessions": "--max-sessions"})) \
+            from None
     try:
         resolve(model, settings.cache_dir)
     except ModelNotFoundError as exc:
         raise _fail(str(exc)) from None
-    app = create_app(settings)
-
-    class Server(uvicorn.Server):
-        """On SIGINT/SIGTERM, first let open sessions send their last finals, then stop."""
-
-        def handle_exit(self, sig, frame):  # type: ignore[no-untyped-def]
-            if self.should_exit or not app.state.sessions:
-                return super().handle_exit(sig, frame)
-            asyncio.get_running_loop().create_task(self._drain_then_exit(sig, frame))
-
-        async def _drain_then_exit(self, sig, frame):  # type: ignore[no-untyped-def]
-            await app.state.drain()
-            super().handle_exit(sig, frame)
-
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            ws_max_size=settings.max_ws_message_bytes + 1024)
     click.echo(f"Whisper Service: open http://{host}:{port}/ for live transcription "
                f"(model {model})", err=True)
-    Server(config).run()
+    run(settings, log_level)

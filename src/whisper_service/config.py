@@ -1,13 +1,22 @@
-"""All settings in one place, read from flags or `WHISPER_SERVICE_*` environment variables."""
+"""All settings in one place: defaults and bounds, read from `WHISPER_SERVICE_*` variables.
+
+Everything else (the server, the CLI, streaming sessions) takes its values from `Settings`,
+so a value is validated once, when the settings are made, and every consumer agrees on it.
+"""
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .context import WHISPER_MAX_PROMPT_TOKENS
+
+ENV_PREFIX = "WHISPER_SERVICE_"
 
 
 def _default_cache_dir() -> Path:
@@ -18,34 +27,67 @@ def _default_cache_dir() -> Path:
 class Settings(BaseSettings):
     """Service settings; every field can be set as WHISPER_SERVICE_<FIELD>."""
 
-    model_config = SettingsConfigDict(env_prefix="WHISPER_SERVICE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
+                                      validate_default=True)
 
     # Models
-    default_model: str = "base"
-    device: str = "cpu"
-    compute_type: str = "int8"
-    cpu_threads: int = Field(default=0, ge=0, description="threads per decode; 0: automatic")
-    num_workers: int = Field(default=0, ge=0, description="parallel decodes per model; 0: "
-                             "one for the CLI, one per CPU core for the server")
-    cache_dir: Path = Field(default_factory=_default_cache_dir)
-    max_loaded_models: int = Field(default=0, ge=0, description="0 means no cap")
-    model_idle_ttl_s: float = Field(default=0.0, ge=0, description="0 means never evict")
+    default_model: str = Field("base", description="model used when none is named")
+    device: str = Field("cpu", description="cpu or cuda (passed through to CTranslate2)")
+    compute_type: str = Field("int8", description="e.g. int8, float16 (GPU), int8_float16")
+    cpu_threads: int = Field(0, ge=0, description="threads per decode; 0: 1 when there are "
+                             "several workers, else CTranslate2's default")
+    num_workers: int = Field(0, ge=0, description="decodes that run in parallel on one model; "
+                             "0: one per CPU core for serve, one for the CLI")
+    cache_dir: Path = Field(default_factory=_default_cache_dir,
+                            description="assembled and downloaded models")
+    max_loaded_models: int = Field(0, ge=0, description="evict the least recently used idle "
+                                   "model past this; 0: no cap")
+    model_idle_ttl_s: float = Field(0.0, ge=0, description="unload models nobody used for "
+                                    "this long; 0: never")
 
     # Streaming
-    min_chunk_s: float = Field(default=0.7, gt=0)
-    stream_beam_size: int = Field(default=5, ge=1, le=10)
-    max_buffer_s: float = Field(default=15.0, gt=2)
-    max_context_tokens: int = Field(default=223, ge=1, le=223)
+    min_chunk_s: float = Field(0.7, ge=0.1, le=5, description="new audio (s) before a "
+                               "streaming session re-decodes")
+    stream_beam_size: int = Field(5, ge=1, le=10, description="beam size for streaming "
+                                  "decodes (1 halves the decode cost at some accuracy)")
+    max_buffer_s: float = Field(15.0, ge=2, le=30, description="cap on the audio a session "
+                                "re-decodes (Whisper's window is 30 s)")
+    max_context_tokens: int = Field(WHISPER_MAX_PROMPT_TOKENS, ge=1,
+                                    le=WHISPER_MAX_PROMPT_TOKENS,
+                                    description="rolling prompt size (static prompt + "
+                                    "committed text)")
 
     # Server
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    api_key: str | None = None
-    max_sessions: int = Field(default=16, ge=1)
-    max_session_s: float = Field(default=3600.0, gt=0)
-    idle_timeout_s: float = Field(default=30.0, gt=0)
-    max_ws_message_bytes: int = Field(default=1 << 20, ge=1024)
-    max_upload_bytes: int = Field(default=100 << 20, ge=1024)
+    host: str = Field("127.0.0.1", description="where serve listens")
+    port: int = Field(8000, ge=0, le=65535, description="where serve listens")
+    api_key: str | None = Field(None, description="when set, every endpoint but /health "
+                                "needs it")
+    max_sessions: int = Field(16, ge=1, description="concurrent streaming sessions")
+    max_session_s: float = Field(3600.0, gt=0, description="longest streaming session")
+    idle_timeout_s: float = Field(30.0, gt=0, description="a stream with no message for "
+                                  "this long is finished")
+    max_ws_message_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket "
+                                      "audio frame")
+    max_upload_bytes: int = Field(100 << 20, ge=1024, description="largest file upload")
+
+    @model_validator(mode="after")
+    def _chunk_fits_buffer(self) -> Settings:
+        if self.min_chunk_s > self.max_buffer_s / 2:
+            raise ValueError(f"min_chunk_s ({self.min_chunk_s}) must be at most half of "
+                             f"max_buffer_s ({self.max_buffer_s})")
+        return self
+
+    def override(self, **changes: Any) -> Settings:
+        """A validated copy with some fields changed (flags over the environment)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+def describe_error(exc: ValidationError, flags: dict[str, str] | None = None) -> str:
+    """One line naming the variable (or the command-line flag) and the problem."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    where = (flags or {}).get(field) or (f"{ENV_PREFIX}{field.upper()}" if field else "settings")
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 @lru_cache(maxsize=1)

@@ -25,8 +25,8 @@ class _ModelCollector:
         stats = self.manager.stats()
         loads = GaugeMetricFamily("whisper_model_loads", "Times each model was loaded",
                                   labels=["model"])
-        for name, count in stats["load_counts"].items():
-            loads.add_metric([name], count)
+        for key, count in self.manager.load_counts.items():
+            loads.add_metric([key.name], count)
         refs = GaugeMetricFamily("whisper_model_references", "Sessions holding each model",
                                  labels=["model"])
         for name, info in stats["loaded"].items():

@@ -11,8 +11,7 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import memory, registry
 from .config import Settings, get_settings
+from .context import WHISPER_MAX_PROMPT_TOKENS, init_context
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -150,14 +150,6 @@ class ModelManager:
             loaded.refs -= 1
             loaded.last_used = time.monotonic()
 
-    @contextmanager
-    def use(self, name: str) -> Iterator[LoadedModel]:
-        loaded = self.acquire(name)
-        try:
-            yield loaded
-        finally:
-            self.release(loaded)
-
     def unload(self, name: str) -> bool:
         """Free a model's weights now. Returns False if it was not loaded."""
         key = self.key(name)
@@ -186,10 +178,8 @@ class ModelManager:
         return [m.key.name for m in stale]
 
     def init_context(self, name: str, static_prompt: str = "",
-                     max_context_tokens: int = 223) -> RollingContext:
+                     max_context_tokens: int = WHISPER_MAX_PROMPT_TOKENS) -> RollingContext:
         """A fresh per-session rolling context that uses this model's tokenizer."""
-        from .context import init_context
-
         return init_context(self.get(name).model.hf_tokenizer, static_prompt, max_context_tokens)
 
     def stats(self) -> dict[str, Any]:
@@ -202,7 +192,7 @@ class ModelManager:
                              "multilingual": m.multilingual, "path": str(m.path)}
                     for k, m in self._loaded.items()
                 },
-                "load_counts": {k.name: n for k, n in self._load_counts.items()},
+                "load_counts": {k.name: n for k, n in self.load_counts.items()},
             }
 
     def close(self) -> None:

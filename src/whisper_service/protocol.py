@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .audio import SAMPLE_RATE, AudioError, Encoding, pcm_to_float
-from .registry import check_language
-from .streaming import StreamOptions
+from .audio import SAMPLE_RATE, Encoding
+from .registry import parse_language
 from .vad import VadOptions
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .streaming import StreamOptions
 
 MIN_RATE, MAX_RATE = 8000, 48000
 
@@ -28,14 +30,6 @@ class ProtocolError(Exception):
         return {"type": "error", "code": self.code, "message": self.message}
 
 
-class VadConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    threshold: float = Field(0.5, gt=0, lt=1)
-    min_silence_duration_ms: int = Field(500, ge=0, le=10000)
-    speech_pad_ms: int = Field(100, ge=0, le=2000)
-    min_speech_duration_ms: int = Field(250, ge=0, le=10000)
-
-
 class StreamConfig(BaseModel):
     """The first message of a stream."""
 
@@ -48,12 +42,12 @@ class StreamConfig(BaseModel):
     encoding: Encoding = "pcm_s16le"
     static_prompt: str = Field("", max_length=2000)
     word_timestamps: bool = False
-    vad: VadConfig = Field(default_factory=VadConfig)
+    vad: VadOptions = Field(default_factory=VadOptions)
 
     @field_validator("language")
     @classmethod
     def _language(cls, value: str) -> str:
-        check_language(None if value == "auto" else value)
+        parse_language(value)
         return value
 
     @field_validator("sample_rate")
@@ -64,13 +58,13 @@ class StreamConfig(BaseModel):
                              "Hz (16000 avoids resampling)")
         return value
 
-    def stream_options(self, min_chunk_s: float, max_buffer_s: float, beam_size: int,
-                       max_context_tokens: int) -> StreamOptions:
-        return StreamOptions(
-            language=None if self.language == "auto" else self.language, task=self.task,
-            min_chunk_s=min_chunk_s, max_buffer_s=max_buffer_s, beam_size=beam_size,
-            static_prompt=self.static_prompt, max_context_tokens=max_context_tokens,
-            vad=VadOptions(**self.vad.model_dump()))
+    def stream_options(self, settings: Settings) -> StreamOptions:
+        """The server's settings with this client's choices."""
+        from .streaming import StreamOptions
+
+        return StreamOptions.from_settings(settings, language=parse_language(self.language),
+                                           task=self.task, static_prompt=self.static_prompt,
+                                           vad=self.vad)
 
 
 def parse_json(text: str) -> dict[str, Any]:
@@ -95,29 +89,3 @@ def parse_config(message: dict[str, Any]) -> StreamConfig:
         code = "unsupported_sample_rate" if where == "sample_rate" else "invalid_config"
         reason = first["msg"].removeprefix("Value error, ")
         raise ProtocolError(code, f"{where}: {reason}") from None
-
-
-class Resampler:
-    """Client PCM frames to 16 kHz float32; stateful, so frame edges leave no clicks."""
-
-    def __init__(self, rate: int, encoding: Encoding) -> None:
-        self.rate, self.encoding = rate, encoding
-        self._av = None
-        if rate != SAMPLE_RATE:
-            import av
-
-            self._av = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-
-    def __call__(self, data: bytes) -> np.ndarray:
-        try:
-            samples = pcm_to_float(data, self.encoding)
-        except AudioError as exc:
-            raise ProtocolError("invalid_audio", str(exc)) from None
-        if self._av is None or not len(samples):
-            return samples
-        import av
-
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate = self.rate
-        out = [f.to_ndarray().reshape(-1) for f in self._av.resample(frame)]
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

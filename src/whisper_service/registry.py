@@ -70,6 +70,13 @@ def is_multilingual(model_dir: Path) -> bool:
         return sum(1 for _ in f) > _ENGLISH_ONLY_VOCAB
 
 
+def parse_language(value: str | None) -> str | None:
+    """A client's language choice: None, "" or "auto" mean detect (None); else a checked code."""
+    language = None if value in (None, "", "auto") else value
+    check_language(language)
+    return language
+
+
 def check_language(language: str | None) -> None:
     if language is not None and language not in LANGUAGES:
         raise ValueError(f"unsupported language code {language!r}; use 'auto' or one of: "

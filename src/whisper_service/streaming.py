@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .audio import SAMPLE_RATE, as_float32
+from .config import Settings, get_settings
 from .context import RollingContext
 from .guards import credits_start, is_hallucination, loop_start
 from .text import normalize
-from .transcribe import Decoder, DecodeRequest, Task, TranscribeOptions, Transcript
+from .transcribe import Decoder, DecodeRequest, Task, TranscribeOptions, Transcript, Word
 from .vad import SileroVAD, VADIterator, VadOptions, get_vad_model
 
 if TYPE_CHECKING:
@@ -31,32 +32,32 @@ RECENT_WORDS = 18  # enough for the loop guard to see a 6-word phrase three time
 
 @dataclass(frozen=True)
 class StreamOptions:
+    """One session's settings, made by `from_settings`: the tunables' defaults and bounds
+    live in `Settings`, the rest is what a client chose. Beam search on short windows fixes
+    words greedy decoding gets wrong (bench/streaming.py measures both)."""
+
+    min_chunk_s: float
+    max_buffer_s: float
+    beam_size: int
+    max_context_tokens: int
     language: str | None = None
     task: Task = "transcribe"
-    min_chunk_s: float = 0.7
-    max_buffer_s: float = 15.0
-    # Beam search on short windows fixes words greedy decoding gets wrong, and a one-window
-    # decode leaves room for it: bench/streaming.py measures both.
-    beam_size: int = 5
     static_prompt: str = ""
-    max_context_tokens: int = 223
     vad: VadOptions = field(default_factory=VadOptions)
 
-    def __post_init__(self) -> None:
-        if not 0.1 <= self.min_chunk_s <= 5:
-            raise ValueError("min_chunk_s must be between 0.1 and 5 seconds")
-        if not 2 <= self.max_buffer_s <= 30:
-            raise ValueError("max_buffer_s must be between 2 and 30 seconds (Whisper's window)")
-        if self.min_chunk_s > self.max_buffer_s / 2:
-            raise ValueError("min_chunk_s must be at most half of max_buffer_s")
-
-
-@dataclass(frozen=True)
-class StreamWord:
-    start: float
-    end: float
-    text: str
-    probability: float
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, *, min_chunk_s: float | None = None,
+                      max_buffer_s: float | None = None, beam_size: int | None = None,
+                      max_context_tokens: int | None = None, **per_stream: Any) -> StreamOptions:
+        """The settings (default: the process's), with the tunables given here overriding
+        them, validated as settings are; plus one client's language, task, prompt and VAD."""
+        settings = settings or get_settings()
+        changed = {k: v for k, v in (("min_chunk_s", min_chunk_s), ("max_buffer_s", max_buffer_s),
+                                     ("stream_beam_size", beam_size),
+                                     ("max_context_tokens", max_context_tokens)) if v is not None}
+        s = settings.override(**changed) if changed else settings
+        return cls(s.min_chunk_s, s.max_buffer_s, s.stream_beam_size, s.max_context_tokens,
+                   **per_stream)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class StreamEvent:
     start: float
     end: float
     text: str
-    words: tuple[StreamWord, ...] = ()
+    words: tuple[Word, ...] = ()
     language: str | None = None
 
     def to_dict(self, words: bool = False) -> dict[str, Any]:
@@ -76,7 +77,8 @@ class StreamEvent:
         if self.type == "final":
             out["language"] = self.language
             if words:
-                out["words"] = [{**asdict(w), "text": w.text.strip()} for w in self.words]
+                out["words"] = [{"start": w.start, "end": w.end, "text": w.word.strip(),
+                                 "probability": w.probability} for w in self.words]
         return out
 
 
@@ -87,23 +89,23 @@ class LocalAgreement:
 
     def __init__(self) -> None:
         self.last_committed_end = 0.0
-        self._previous: list[StreamWord] = []
+        self._previous: list[Word] = []
 
     @property
-    def tentative(self) -> list[StreamWord]:
+    def tentative(self) -> list[Word]:
         return self._previous
 
-    def update(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
-        commit: list[StreamWord] = []
+    def update(self, hypothesis: list[Word]) -> list[Word]:
+        commit: list[Word] = []
         for a, b in zip(hypothesis, self._previous):
-            if normalize(a.text) != normalize(b.text):
+            if normalize(a.word) != normalize(b.word):
                 break
             commit.append(a)
         self._previous = hypothesis[len(commit):]
         self._remember(commit)
         return commit
 
-    def commit_all(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+    def commit_all(self, hypothesis: list[Word]) -> list[Word]:
         """End of utterance: everything not yet committed becomes final."""
         self._previous = []
         self._remember(hypothesis)
@@ -112,7 +114,7 @@ class LocalAgreement:
     def reset(self) -> None:
         self._previous = []
 
-    def _remember(self, commit: list[StreamWord]) -> None:
+    def _remember(self, commit: list[Word]) -> None:
         if commit:
             self.last_committed_end = commit[-1].end
 
@@ -123,7 +125,7 @@ class StreamingSession:
     def __init__(self, decoder: Decoder, context: RollingContext,
                  options: StreamOptions | None = None, vad_model: SileroVAD | None = None,
                  on_decode: Callable[[float], None] | None = None) -> None:
-        self.options = options or StreamOptions()
+        self.options = options or StreamOptions.from_settings()
         self._language = self.options.language
         self._detected: str | None = None
         decoder.check(self._transcribe_options(None))
@@ -136,7 +138,7 @@ class StreamingSession:
         self._in_speech = False
         self._decoded_until = 0
         self._boundaries: list[float] = []  # segment ends of the last decode: safe trim points
-        self._in_buffer: list[StreamWord] = []  # committed words whose audio is still buffered
+        self._in_buffer: list[Word] = []  # committed words whose audio is still buffered
         self._recent: list[str] = []  # the last committed words, for the loop guard
         self._last_final_end = 0.0
         self._partial = ""
@@ -148,7 +150,7 @@ class StreamingSession:
     def open(cls, manager: ModelManager, model: str, options: StreamOptions | None = None,
              **kwargs: Any) -> StreamingSession:
         """A session on a shared model; `close()` gives the model reference back."""
-        options = options or StreamOptions()
+        options = options or StreamOptions.from_settings()
         loaded = manager.acquire(model)
         try:
             context = manager.init_context(model, options.static_prompt,
@@ -275,7 +277,7 @@ class StreamingSession:
         self._drop_until(end_sample)
         return events
 
-    def _decode(self, end_sample: int | None = None) -> list[StreamWord]:
+    def _decode(self, end_sample: int | None = None) -> list[Word]:
         """The words after the committed ones in the buffer (up to `end_sample`)."""
         prefix = self._prefix()
         words = self._decode_once(end_sample, prefix)
@@ -295,9 +297,9 @@ class StreamingSession:
         Without their final stop: after a forced "dog." beam search likes to end the text,
         after "dog" it writes the stop itself and goes on with the next sentence.
         """
-        return "".join(w.text for w in self._in_buffer).rstrip(".?!")
+        return "".join(w.word for w in self._in_buffer).rstrip(".?!")
 
-    def _decode_once(self, end_sample: int | None, prefix: str) -> list[StreamWord]:
+    def _decode_once(self, end_sample: int | None, prefix: str) -> list[Word]:
         stop = len(self._audio) if end_sample is None else end_sample - self._audio_start
         audio, offset = self._audio[:stop], self._audio_start / SAMPLE_RATE
         options = self._transcribe_options(self.context.prompt(), prefix or None)
@@ -316,28 +318,28 @@ class StreamingSession:
         new = _after(prefix, self._words(result, prefix, offset))
         # A loop may repeat what is already committed, so the latest committed words count.
         recent = self._recent if loop_start(self._recent) is None else []
-        cut = loop_start(recent + [w.text for w in new])
+        cut = loop_start(recent + [w.word for w in new])
         if cut is not None:  # never commit a loop, and don't prompt with what may have caused it
             new = new[:max(0, cut - len(recent))]
             self.stats["loops"] += 1
             self.context.reset()
         return new
 
-    def _words(self, result: Transcript, prefix: str, offset: float) -> list[StreamWord]:
+    def _words(self, result: Transcript, prefix: str, offset: float) -> list[Word]:
         """A decode's words in stream time, without invented text; notes segment ends."""
         words, self._boundaries = [], []
         forced = _letters(prefix)
         for seg in result.segments:
-            seg_words = [StreamWord(offset + w.start, offset + w.end, w.word, w.probability)
+            seg_words = [replace(w, start=offset + w.start, end=offset + w.end)
                          for w in seg.words]
             # A segment holding (part of) the forced prefix is judged by its new text only.
             fresh = _skip(forced, seg_words)
-            forced -= sum(_letters(w.text) for w in seg_words)
+            forced -= sum(_letters(w.word) for w in seg_words)
             keep = len(seg_words)
-            credits = credits_start([w.text for w in fresh])
+            credits = credits_start([w.word for w in fresh])
             if credits is not None:
                 keep -= len(fresh) - credits
-            elif fresh and is_hallucination(replace(seg, text="".join(w.text for w in fresh))):
+            elif fresh and is_hallucination(replace(seg, text="".join(w.word for w in fresh))):
                 keep -= len(fresh)
             if not keep:
                 continue
@@ -354,22 +356,22 @@ class StreamingSession:
             condition_on_previous_text=False,
             temperature=0.0)  # fallback re-decodes cost more than the loop guard saves
 
-    def _finals(self, words: list[StreamWord]) -> list[StreamEvent]:
+    def _finals(self, words: list[Word]) -> list[StreamEvent]:
         if not words:
             return []
         self._in_buffer += words
-        self._recent = (self._recent + [w.text for w in words])[-RECENT_WORDS:]
+        self._recent = (self._recent + [w.word for w in words])[-RECENT_WORDS:]
         start = max(words[0].start, self._last_final_end)
         end = max(words[-1].end, start)
         self._last_final_end = end
         self.stats["finals"] += 1
-        text = "".join(w.text for w in words).strip()
+        text = "".join(w.word for w in words).strip()
         return [StreamEvent("final", start, end, text, tuple(words),
                             self._language or self._detected)]
 
     def _partial_event(self) -> list[StreamEvent]:
         tail = self._policy.tentative
-        text = "".join(w.text for w in tail).strip()
+        text = "".join(w.word for w in tail).strip()
         if text == self._partial:
             return []
         self._partial = text
@@ -388,7 +390,7 @@ class StreamingSession:
         full = buffered > room
         end = self._buffer_end
         done = self._policy.last_committed_end
-        cuts = [w.end for w in self._in_buffer if w.text.rstrip().endswith((".", "?", "!"))]
+        cuts = [w.end for w in self._in_buffer if w.word.rstrip().endswith((".", "?", "!"))]
         cuts += [b for b in self._boundaries if b <= done + 0.01]
         if full and self._in_buffer:
             cuts.append(done)  # over the cap: any committed word will do
@@ -416,7 +418,7 @@ class StreamingSession:
         """Committed words whose audio leaves the buffer become prompt context."""
         gone = [w for w in self._in_buffer if w.end <= until + 0.01]
         if gone:
-            self.context.append("".join(w.text for w in gone))
+            self.context.append("".join(w.word for w in gone))
             self._in_buffer = self._in_buffer[len(gone):]
 
     def _drop_until(self, sample: int) -> None:
@@ -431,17 +433,17 @@ def _letters(text: str) -> int:
     return len("".join(text.split()))
 
 
-def _after(prefix: str, words: list[StreamWord]) -> list[StreamWord]:
+def _after(prefix: str, words: list[Word]) -> list[Word]:
     """The words a decode added after its forced prefix (the prefix's words come back too)."""
     return _skip(_letters(prefix), words)
 
 
-def _skip(letters: int, words: list[StreamWord]) -> list[StreamWord]:
+def _skip(letters: int, words: list[Word]) -> list[Word]:
     """The words after the first `letters` non-space characters."""
     for i, word in enumerate(words):
         if letters <= 0:
             return words[i:]
-        letters -= _letters(word.text)
+        letters -= _letters(word.word)
     return []
 
 

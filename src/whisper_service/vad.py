@@ -14,10 +14,11 @@ from typing import Literal, NamedTuple
 import numpy as np
 import onnxruntime
 from faster_whisper.utils import get_assets_path
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as validated_dataclass
 
-from .audio import as_float32
+from .audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 512  # Silero's fixed window at 16 kHz.
 CONTEXT_SAMPLES = 64  # Tail of the previous window the v5/v6 model expects in front of each window.
 MODEL_PATH = os.path.join(get_assets_path(), "silero_vad_v6.onnx")
@@ -70,27 +71,21 @@ def get_vad_model() -> SileroVAD:
     return _model
 
 
-@dataclass(frozen=True)
+@validated_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class VadOptions:
-    """Silero VAD thresholds; ``neg_threshold=None`` means ``max(threshold - 0.15, 0.01)``."""
+    """Silero VAD thresholds, validated on creation (the stream protocol's `vad` object is
+    this type); ``neg_threshold=None`` means ``max(threshold - 0.15, 0.01)``."""
 
-    threshold: float = 0.5
-    neg_threshold: float | None = None
-    min_silence_duration_ms: int = 500
-    speech_pad_ms: int = 100
-    min_speech_duration_ms: int = 250
+    threshold: float = Field(0.5, gt=0, lt=1)
+    neg_threshold: float | None = Field(None, gt=0, lt=1)
+    min_silence_duration_ms: int = Field(500, ge=0, le=10000)
+    speech_pad_ms: int = Field(100, ge=0, le=2000)
+    min_speech_duration_ms: int = Field(250, ge=0, le=10000)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1); got {self.threshold}")
-        if self.neg_threshold is not None and not 0.0 < self.neg_threshold <= self.threshold:
-            raise ValueError(
-                f"neg_threshold must be in (0, threshold={self.threshold}]; "
-                f"got {self.neg_threshold}"
-            )
-        for name in ("min_silence_duration_ms", "speech_pad_ms", "min_speech_duration_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.neg_threshold is not None and self.neg_threshold > self.threshold:
+            raise ValueError(f"neg_threshold must be at most threshold={self.threshold}; "
+                             f"got {self.neg_threshold}")
 
     @property
     def effective_neg_threshold(self) -> float:
@@ -105,10 +100,6 @@ class VadEvent:
 
     kind: Literal["start", "end"]
     sample: int
-
-    @property
-    def seconds(self) -> float:
-        return self.sample / SAMPLE_RATE
 
 
 class VADIterator:
@@ -128,14 +119,9 @@ class VADIterator:
     def __init__(
         self,
         model: SileroVAD | None = None,
-        options: VadOptions = VadOptions(),
-        sampling_rate: int = SAMPLE_RATE,
+        options: VadOptions | None = None,
     ) -> None:
-        if sampling_rate != SAMPLE_RATE:
-            raise ValueError(
-                f"Silero VAD here runs at {SAMPLE_RATE} Hz; got {sampling_rate} Hz. "
-                "Resample the audio first."
-            )
+        options = options or VadOptions()
         self.model = model if model is not None else get_vad_model()
         self.options = options
         ms = SAMPLE_RATE // 1000
@@ -169,8 +155,9 @@ class VADIterator:
         return self._received
 
     def __call__(self, chunk: np.ndarray) -> list[VadEvent]:
-        """Feed audio (1-D float32 in [-1, 1] or int16) and return the events it completed."""
-        samples = as_float32(chunk)
+        """Feed 16 kHz float32 audio and return the events it completed. The audio must be
+        clean already (`audio.as_float32`: no NaN, within [-1, 1]); sessions make it so."""
+        samples = np.asarray(chunk, dtype=np.float32)
         if samples.size == 0:
             return []
         self._received += samples.size
@@ -189,8 +176,6 @@ class VADIterator:
             if event is not None:
                 events.append(event)
         return events
-
-    process = __call__
 
     def flush(self) -> list[VadEvent]:
         """Close an emitted speech region at the current stream position (end of stream)."""

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, read_wav
+from tests.conftest import DATA, read_wav, write_wav
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -36,13 +35,7 @@ def _fake_mic_wav(path: Path) -> Path:
     t_out = np.arange(n_out) * (16000 / FAKE_RATE)
     up = np.interp(t_out, np.arange(len(speech)), speech)
     audio = np.concatenate([np.zeros(FAKE_RATE // 4), up, np.zeros(FAKE_RATE * 5 // 4)])
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(FAKE_RATE)
-        w.writeframes(pcm.tobytes())
-    return path
+    return write_wav(path, audio, FAKE_RATE)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import srt
 import webvtt
 
-from tests.conftest import duration
+from tests.conftest import duration, write_wav
 
 pytestmark = pytest.mark.integration
 
@@ -89,13 +89,7 @@ def test_usage_errors_are_one_line(data_dir, args, needle):
 
 
 def test_zero_length_audio(tmp_path):
-    import wave
-
-    path = tmp_path / "zero.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
+    path = write_wav(tmp_path / "zero.wav")
     assert_one_line_error(run("transcribe", path, "-m", "tiny.en"), "zero.wav")
 
 
@@ -106,3 +100,14 @@ def test_models_lists_bundled():
     assert any(line.startswith("tiny.en") and "English-only" in line for line in lines)
     assert any(line.startswith("base") and "multilingual" in line and "MB" in line
                for line in lines)
+
+
+@pytest.mark.parametrize("env, args, needle", [
+    ({"WHISPER_SERVICE_MAX_BUFFER_S": "40"}, ["serve"], "WHISPER_SERVICE_MAX_BUFFER_S"),
+    ({"WHISPER_SERVICE_MIN_CHUNK_S": "0.05"}, ["models"], "WHISPER_SERVICE_MIN_CHUNK_S"),
+    ({}, ["serve", "--port", "70000"], "--port"),
+    ({}, ["stream", "x.wav", "--min-chunk", "0.01"], "--min-chunk"),
+])
+def test_invalid_settings_stop_at_start_in_one_line(env, args, needle):
+    proc = run(*args, env=env, timeout=60)
+    assert_one_line_error(proc, needle)

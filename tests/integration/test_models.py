@@ -7,6 +7,8 @@ import threading
 
 import pytest
 
+from tests.conftest import held
+
 pytestmark = pytest.mark.integration
 
 
@@ -16,7 +18,7 @@ def test_concurrent_acquire_shares_one_instance(model_manager, tiny_en):
 
     def worker():
         barrier.wait()
-        with model_manager.use("tiny.en") as loaded:
+        with held(model_manager, "tiny.en") as loaded:
             got.append(loaded.model)
 
     threads = [threading.Thread(target=worker) for _ in range(32)]
@@ -38,8 +40,9 @@ def test_unload_really_frees_memory():
         rss = lambda: psutil.Process().memory_info().rss / 2**20
         m = ModelManager.from_settings(get_settings())
         before = rss()
-        with m.use("base") as loaded:
-            loaded.model.transcribe(__import__("numpy").zeros(16000, "float32"))
+        loaded = m.acquire("base")
+        loaded.model.transcribe(__import__("numpy").zeros(16000, "float32"))
+        m.release(loaded)
         loaded_rss = rss()
         assert m.unload("base")
         print(before, loaded_rss, rss())

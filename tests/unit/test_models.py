@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.conftest import held
 from whisper_service import models, registry
 from whisper_service.config import Settings
 from whisper_service.models import ModelInUseError, ModelManager
@@ -61,7 +62,7 @@ def test_different_models_load_separately(manager):
 
 
 def test_unload_refuses_while_in_use_then_frees(manager):
-    with manager.use("base") as loaded:
+    with held(manager, "base") as loaded:
         weights = loaded.model.model
         with pytest.raises(ModelInUseError, match="in use"):
             manager.unload("base")
@@ -97,13 +98,13 @@ def test_cap_evicts_least_recently_used(manager):
     manager.get("a")  # b is now least recently used
     manager.get("c")
     assert {k.name for k in manager.pipelines} == {"a", "c"}
-    with manager.use("a"), manager.use("c"):
+    with held(manager, "a"), held(manager, "c"):
         with pytest.raises(ModelInUseError, match="in use"):
             manager.get("d")
 
 
 def test_stats_shape(manager):
-    with manager.use("tiny.en"):
+    with held(manager, "tiny.en"):
         stats = manager.stats()
     assert stats["device"] == "cpu" and stats["compute_type"] == "int8"
     assert stats["loaded"]["tiny.en"]["refs"] == 1

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from whisper_service.config import Settings
 from whisper_service.context import RollingContext, init_context
 from whisper_service.guards import loop_start
 from whisper_service.streaming import (
@@ -30,7 +31,6 @@ from whisper_service.streaming import (
     StreamEvent,
     StreamingSession,
     StreamOptions,
-    StreamWord,
     _after,
 )
 from whisper_service.text import normalize
@@ -44,12 +44,17 @@ BLOCK_S = BLOCK / SR
 
 # -- LocalAgreement ------------------------------------------------------------------------
 
-def sw(start: float, text: str, dur: float = 0.4) -> StreamWord:
-    return StreamWord(start, start + dur, " " + text, 0.9)
+def stream_options(**changes) -> StreamOptions:
+    """The default settings' stream options, with some changed (validated like settings)."""
+    return StreamOptions.from_settings(Settings(), **changes)
 
 
-def texts(words: list[StreamWord]) -> list[str]:
-    return [w.text.strip() for w in words]
+def sw(start: float, text: str, dur: float = 0.4) -> Word:
+    return Word(start, start + dur, " " + text, 0.9)
+
+
+def texts(words: list[Word]) -> list[str]:
+    return [w.word.strip() for w in words]
 
 
 def test_first_hypothesis_commits_nothing_and_is_tentative():
@@ -98,7 +103,7 @@ def test_the_later_hypothesis_supplies_the_committed_words():
     la = LocalAgreement()
     la.update([sw(0.0, "one"), sw(0.5, "two")])
     committed = la.update([sw(0.02, "One,"), sw(0.52, "two")])
-    assert [(w.start, w.text) for w in committed] == [(0.02, " One,"), (0.52, " two")]
+    assert [(w.start, w.word) for w in committed] == [(0.02, " One,"), (0.52, " two")]
 
 
 @pytest.mark.parametrize("prefix, expected", [
@@ -115,8 +120,8 @@ def test_after_strips_the_forced_prefix(prefix, expected):
 
 def test_after_counts_letters_not_word_splits():
     """Whisper may split or merge the forced words differently ("it's" -> "it", "'s")."""
-    words = [StreamWord(0, 0.2, " it", 1), StreamWord(0.2, 0.3, "'s", 1),
-             StreamWord(0.3, 0.6, " fine.", 1), StreamWord(0.7, 1.0, " Next", 1)]
+    words = [Word(0, 0.2, " it", 1), Word(0.2, 0.3, "'s", 1),
+             Word(0.3, 0.6, " fine.", 1), Word(0.7, 1.0, " Next", 1)]
     assert texts(_after(" it's fine.", words)) == ["Next"]
 
 
@@ -140,8 +145,8 @@ def word_text(k: int) -> str:
     return f" w{k}" + ("." if k % 6 == 5 else "")
 
 
-def word_id(word: StreamWord) -> int:
-    return int(normalize(word.text)[1:])
+def word_id(word: Word) -> int:
+    return int(normalize(word.word)[1:])
 
 
 @dataclass(frozen=True)
@@ -338,7 +343,7 @@ def run(decoder, pcm: np.ndarray, tiny_en_tokenizer, options: StreamOptions | No
         sizes=BLOCK, context: RollingContext | None = None, end: bool = True,
         after_push=None) -> tuple[StreamingSession, list[StreamEvent]]:
     context = context if context is not None else init_context(tiny_en_tokenizer)
-    session = StreamingSession(decoder, context, options or StreamOptions(),
+    session = StreamingSession(decoder, context, options or stream_options(),
                                vad_model=get_vad_model())
     events: list[StreamEvent] = []
     for a, b in chunks(len(pcm), sizes):
@@ -355,7 +360,7 @@ def finals(events: list[StreamEvent]) -> list[StreamEvent]:
     return [e for e in events if e.type == "final"]
 
 
-def final_words(events: list[StreamEvent]) -> list[StreamWord]:
+def final_words(events: list[StreamEvent]) -> list[Word]:
     return [w for e in finals(events) for w in e.words]
 
 
@@ -364,12 +369,12 @@ def final_words(events: list[StreamEvent]) -> list[StreamWord]:
 def test_finals_are_time_ordered_non_overlapping_and_complete(passage, tiny_en_tokenizer):
     pcm = build(passage, 0.7, passage)
     decoder = GridDecoder(pcm)
-    session, events = run(decoder, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=6))
+    session, events = run(decoder, pcm, tiny_en_tokenizer, stream_options(max_buffer_s=6))
     done = finals(events)
     assert len(done) > 20
     previous_end = 0.0
     for e in done:
-        assert e.text and e.text == "".join(w.text for w in e.words).strip()
+        assert e.text and e.text == "".join(w.word for w in e.words).strip()
         assert previous_end <= e.start <= e.end
         assert all(e.start - 1e-9 <= w.start < w.end <= e.end + 1e-9 for w in e.words)
         assert e.language == "en"
@@ -394,7 +399,7 @@ def test_partials_are_the_uncommitted_tail(passage, tiny_en_tokenizer):
     committed: set[str] = set()
     for e in events:
         if e.type == "final":
-            committed |= {normalize(w.text) for w in e.words}
+            committed |= {normalize(w.word) for w in e.words}
         elif e.text:
             # A partial only shows words not yet final, and they start after the last final.
             assert not committed & set(normalize(e.text).split())
@@ -439,7 +444,7 @@ def test_decoded_audio_never_exceeds_max_buffer(kind, passage, tiny_en_tokenizer
     decoder = {"agreeing": lambda: GridDecoder(pcm),
                "never_agreeing": lambda: UnstableDecoder(pcm, after=0.0),
                "stops_agreeing": lambda: UnstableDecoder(pcm, after=12.0)}[kind]()
-    options = StreamOptions(max_buffer_s=6)
+    options = stream_options(max_buffer_s=6)
     held = []
     session, _ = run(decoder, pcm, tiny_en_tokenizer, options,
                      after_push=lambda s, _, __: held.append(s.buffered_seconds))
@@ -462,7 +467,7 @@ def test_push_size_does_not_change_events(passage, tiny_en_tokenizer):
     """Pushes up to one block (100 ms) all give exactly the same events and decodes."""
     # Speech, a pause that ends the utterance, more speech, ending mid-word; trims included.
     pcm = build(passage[:6 * SR], 1.0, passage[6 * SR:9 * SR + 700])
-    options = StreamOptions(max_buffer_s=3)
+    options = stream_options(max_buffer_s=3)
     reference_decoder = GridDecoder(pcm)
     _, reference = run(reference_decoder, pcm, tiny_en_tokenizer, options, sizes=1600)
     assert len(finals(reference)) >= 5
@@ -477,7 +482,7 @@ def test_push_size_does_not_change_events(passage, tiny_en_tokenizer):
 def test_big_pushes_catch_up_with_fewer_decodes(passage, tiny_en_tokenizer, size):
     """A client that sends seconds at once gets the same words from fewer decodes."""
     pcm = build(passage[:6 * SR], 1.0, passage[6 * SR:9 * SR + 700])
-    options = StreamOptions(max_buffer_s=3)
+    options = stream_options(max_buffer_s=3)
     small_decoder = GridDecoder(pcm)
     _, small = run(small_decoder, pcm, tiny_en_tokenizer, options, sizes=1600)
     decoder = GridDecoder(pcm)
@@ -499,7 +504,7 @@ def test_end_of_stream_finalizes_everything(passage, tiny_en_tokenizer):
     events = before + after
     assert finals(after)
     partials = [e for e in events if e.type == "partial"]
-    done_words = {normalize(w.text) for w in final_words(events)}
+    done_words = {normalize(w.word) for w in final_words(events)}
     assert partials[-1].text == "" or set(normalize(partials[-1].text).split()) <= done_words
     # Everything heard up to the very end is final, each word once.
     ids = [word_id(w) for w in final_words(events)]
@@ -516,7 +521,7 @@ def test_end_of_stream_does_not_commit_audio_abandoned_by_the_fallback_trim(
     """With no agreement the buffer is cut to its newest half and the policy reset; ending
     the stream right then must not commit the abandoned hypothesis for the dropped audio."""
     pcm = build(passage)
-    options = StreamOptions(max_buffer_s=4)
+    options = stream_options(max_buffer_s=4)
     decoder = UnstableDecoder(pcm, after=0.0)
     session = StreamingSession(decoder, init_context(tiny_en_tokenizer), options,
                                vad_model=get_vad_model())
@@ -538,9 +543,9 @@ def test_end_of_stream_does_not_commit_audio_abandoned_by_the_fallback_trim(
 def test_looping_hypothesis_is_cut_and_resets_the_context(passage, tiny_en_tokenizer):
     pcm = build(passage[:10 * SR])
     decoder = LoopDecoder(pcm, t_loop=6.0)
-    session, events = run(decoder, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=6))
+    session, events = run(decoder, pcm, tiny_en_tokenizer, stream_options(max_buffer_s=6))
     assert decoder.looped and session.stats["loops"] == len(decoder.looped)
-    words = [normalize(w.text) for w in final_words(events)]
+    words = [normalize(w.word) for w in final_words(events)]
     # The phrase is committed once (its first occurrence) and nothing of the loop after it.
     assert words.count("alpha") == 1
     assert words[words.index("alpha"):] == ["alpha", "beta", "gamma"]
@@ -568,11 +573,11 @@ def test_committed_text_reaches_the_context_and_later_prompts(passage, tiny_en_t
     def track(session, stop, got):
         # One block per push: a decode in this push saw only finals of earlier pushes.
         seen.append((len(decoder.calls), len(committed)))
-        committed.extend(w.text.strip() for e in got if e.type == "final" for w in e.words)
+        committed.extend(w.word.strip() for e in got if e.type == "final" for w in e.words)
 
-    session, events = run(decoder, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=6),
+    session, events = run(decoder, pcm, tiny_en_tokenizer, stream_options(max_buffer_s=6),
                           context=context, after_push=track)
-    all_words = [w.text.strip() for w in final_words(events)]
+    all_words = [w.word.strip() for w in final_words(events)]
     assert len(all_words) > 30
     # Every committed word ends up in the context, in order (oldest may be trimmed away).
     ctx = list(session.context.committed_words)
@@ -595,7 +600,7 @@ def test_committed_text_reaches_the_context_and_later_prompts(passage, tiny_en_t
 
 def test_push_after_close_raises_and_close_is_idempotent(passage, tiny_en_tokenizer):
     pcm = build(passage[:3 * SR])
-    session = StreamingSession(GridDecoder(pcm), init_context(tiny_en_tokenizer), StreamOptions(),
+    session = StreamingSession(GridDecoder(pcm), init_context(tiny_en_tokenizer), stream_options(),
                                vad_model=get_vad_model())
     session.push(pcm[:2 * SR])
     assert session.buffered_seconds > 0
@@ -628,7 +633,7 @@ class FakeManager:
 
 def test_open_releases_the_model_exactly_once(tiny_en_tokenizer):
     manager = FakeManager(tiny_en_tokenizer)
-    with StreamingSession.open(manager, "tiny.en", StreamOptions(static_prompt="Hi.")) as s:
+    with StreamingSession.open(manager, "tiny.en", stream_options(static_prompt="Hi.")) as s:
         assert s.context.prompt() == "Hi."
         assert manager.released == []
         s.close()
@@ -637,16 +642,16 @@ def test_open_releases_the_model_exactly_once(tiny_en_tokenizer):
     assert manager.released == manager.acquired  # __exit__ after close: still once
     # An English-only model refuses German before any audio; the reference goes back.
     with pytest.raises(ValueError, match="English-only"):
-        StreamingSession.open(manager, "tiny.en", StreamOptions(language="de"))
+        StreamingSession.open(manager, "tiny.en", stream_options(language="de"))
     assert len(manager.released) == len(manager.acquired) == 2
 
 
 def test_int16_and_float32_input_give_the_same_events(passage, tiny_en_tokenizer):
     pcm = build(passage[:8 * SR])
     d16, d32 = GridDecoder(pcm), GridDecoder(pcm)
-    _, events16 = run(d16, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=4))
+    _, events16 = run(d16, pcm, tiny_en_tokenizer, stream_options(max_buffer_s=4))
     _, events32 = run(d32, pcm.astype(np.float32) / 32768.0, tiny_en_tokenizer,
-                      StreamOptions(max_buffer_s=4))
+                      stream_options(max_buffer_s=4))
     assert finals(events16)
     assert events16 == events32
     assert d16.calls == d32.calls
@@ -656,7 +661,7 @@ def test_session_checks_options_with_the_decoder_and_sends_streaming_settings(pa
                                                                               tiny_en_tokenizer):
     pcm = build(passage[:4 * SR])
     decoder = GridDecoder(pcm)
-    run(decoder, pcm, tiny_en_tokenizer, StreamOptions(beam_size=2))
+    run(decoder, pcm, tiny_en_tokenizer, stream_options(beam_size=2))
     assert decoder.checked, "the session must let the decoder reject options up front"
     assert decoder.calls
     for call in decoder.calls:
@@ -701,7 +706,7 @@ def test_words_a_model_left_out_of_a_long_window_are_decoded_before_the_end(
     ends, not dropped with the hypothesis that left it out."""
     pcm = build(passage[:int(seconds * SR)])
     decoder = ShortSightedDecoder(pcm, reach=3.0)
-    _, events = run(decoder, pcm, tiny_en_tokenizer, StreamOptions(max_buffer_s=6), sizes=len(pcm))
+    _, events = run(decoder, pcm, tiny_en_tokenizer, stream_options(max_buffer_s=6), sizes=len(pcm))
     ids = [word_id(w) for w in final_words(events)]
     assert ids == sorted(set(ids))
     assert ids[-1] == decoder.expected_ids()[-1], "the end of the stream was never decoded"
@@ -712,6 +717,6 @@ def test_hallucinated_credits_after_the_prefix_are_dropped(passage, tiny_en_toke
     decoder = CreditsAfterPrefixDecoder(pcm)
     _, events = run(decoder, pcm, tiny_en_tokenizer)
     assert any(c.options.prefix for c in decoder.calls), "precondition: prefixed decodes"
-    words = [normalize(w.text) for w in final_words(events)]
+    words = [normalize(w.word) for w in final_words(events)]
     assert "watching" not in words and "thanks" not in words, words
     assert len(words) >= len(decoder.expected_ids()) - 2

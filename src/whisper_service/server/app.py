@@ -1,0 +1,65 @@
+"""The app factory: wires the shared service, lifespan, middleware and routers together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from ..audio import SAMPLE_RATE
+from ..config import Settings, get_settings
+from ..models import LoadedModel, ModelManager
+from ..transcribe import Decoder, DecodeRequest, TranscribeOptions
+from ..vad import get_vad_model
+from . import health, openai, stream
+from .auth import ApiKey, ApiKeyMiddleware
+from .errors import ApiError, api_error_handler
+from .health import STATIC
+from .service import Service
+
+
+def create_app(settings: Settings | None = None, manager: ModelManager | None = None) -> FastAPI:
+    """The server on a ModelManager of its own, or on a shared one (tests share theirs)."""
+    settings = settings or get_settings()
+    service = Service(settings, manager or ModelManager.from_settings(settings, concurrent=True))
+    app = FastAPI(title="Whisper Service", version="0.1.0", lifespan=_lifespan)
+    app.state.service = service
+    app.add_middleware(ApiKeyMiddleware, api_key=ApiKey(settings.api_key),
+                       on_reject=service.metrics.rejected.labels("unauthorized").inc)
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    for module in (health, openai, stream):
+        app.include_router(module.router)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the default model and the shared VAD before taking traffic, so no client waits
+    for a load (or pays onnxruntime's start-up in its own memory figures). On the way out,
+    open sessions finish first."""
+    service: Service = app.state.service
+    manager = service.manager
+    default = await run_in_threadpool(manager.acquire, service.settings.default_model)
+    try:
+        await run_in_threadpool(get_vad_model)
+        await _warm_up(default, manager.num_workers)
+        yield
+    finally:
+        await service.sessions.drain()
+        manager.release(default)
+
+
+async def _warm_up(loaded: LoadedModel, workers: int) -> None:
+    """One decode per worker at once, so every worker has started and holds its encoder
+    buffers before the first client arrives, rather than during someone's stream."""
+    options = TranscribeOptions(beam_size=5, word_timestamps=True, vad_filter=False,
+                                temperature=0.0)  # beam 5, as file decodes use
+    request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
+    decoder = Decoder(loaded)
+    await asyncio.gather(*(run_in_threadpool(decoder.decode, request) for _ in range(workers)))

@@ -1,0 +1,125 @@
+"""OpenAI-compatible routes: `/v1/audio/transcriptions`, `/v1/audio/translations`, `/v1/models`.
+
+Clients written for OpenAI's SDKs work by changing the base URL; errors use OpenAI's body.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from ..audio import AudioError, decode_file
+from ..formats import MEDIA_TYPES, render
+from ..models import ModelInUseError
+from ..registry import BUNDLED, ModelNotFoundError, parse_language
+from ..transcribe import Decoder, DecodeRequest, Task, TranscribeOptions, Transcript
+from .errors import ApiError
+from .service import Service, get_service
+
+router = APIRouter(prefix="/v1")
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+class AudioForm(BaseModel):
+    """The form fields of OpenAI's audio endpoints (translations ignore the granularities)."""
+
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+    response_format: str = "json"
+    temperature: float = 0.0
+    timestamp_granularities: list[str] = Field(default_factory=list,
+                                               alias="timestamp_granularities[]")
+
+    def options(self, task: Task) -> TranscribeOptions:
+        if self.response_format not in MEDIA_TYPES:
+            raise ApiError(400, "invalid_response_format",
+                           "response_format must be json, text, srt, vtt or verbose_json")
+        try:
+            return TranscribeOptions(
+                language=parse_language(self.language), task=task,
+                initial_prompt=self.prompt or None,
+                temperature=self.temperature or (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                word_timestamps="word" in self.timestamp_granularities)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+
+
+@router.post("/audio/transcriptions")
+async def transcriptions(request: Request, file: Annotated[UploadFile, File()],
+                         form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
+    return await _transcribe_upload(service, request, file, form, "transcribe")
+
+
+@router.post("/audio/translations")
+async def translations(request: Request, file: Annotated[UploadFile, File()],
+                       form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
+    return await _transcribe_upload(service, request, file, form, "translate")
+
+
+@router.get("/models")
+async def list_models(service: ServiceDep) -> dict[str, Any]:
+    manager = service.manager
+    loaded = {k.name: m for k, m in manager.pipelines.items()}
+    names = list(dict.fromkeys([service.settings.default_model, *BUNDLED, *loaded]))
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "owned_by": "whisper-service",
+         "loaded": name in loaded,
+         "languages": ("multilingual" if loaded[name].multilingual else "English-only")
+         if name in loaded else ("English-only" if name.endswith(".en") else "multilingual")}
+        for name in names]}
+
+
+async def _transcribe_upload(service: Service, request: Request, file: UploadFile,
+                             form: AudioForm, task: Task) -> Response:
+    data = await _read_upload(request, file, service.settings.max_upload_bytes)
+    options = form.options(task)
+    audio = await _decode_audio(data, file.filename or "file")
+    transcript = await _decode(service, service.model_name(form.model), audio, options)
+    body = render(transcript, form.response_format, task)  # type: ignore[arg-type]
+    return Response(body, media_type=MEDIA_TYPES[form.response_format])
+
+
+async def _read_upload(request: Request, file: UploadFile, limit: int) -> bytes:
+    """The upload's bytes, refused early by its declared length, and again by what came."""
+    length = int(request.headers.get("content-length") or 0)
+    if length > limit + 64 * 1024:  # room for the multipart envelope and form fields
+        raise ApiError(413, "file_too_large", f"upload exceeds {limit} bytes")
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "file_too_large", f"upload exceeds {limit} bytes")
+    return data
+
+
+async def _decode_audio(data: bytes, name: str):
+    try:
+        return await run_in_threadpool(decode_file, io.BytesIO(data), name)
+    except AudioError as exc:
+        raise ApiError(400, "invalid_audio", str(exc)) from None
+
+
+async def _decode(service: Service, name: str, audio, options: TranscribeOptions) -> Transcript:
+    try:
+        loaded = await run_in_threadpool(service.manager.acquire, name)
+    except ModelNotFoundError as exc:
+        raise ApiError(404, "model_not_found", str(exc)) from None
+    except ModelInUseError as exc:
+        raise ApiError(503, "server_busy", str(exc)) from None
+    try:
+        decoder = Decoder(loaded)
+        decoder.check(options)
+        started = time.perf_counter()
+        transcript = await run_in_threadpool(decoder.decode, DecodeRequest(audio, options))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+    finally:
+        service.manager.release(loaded)
+    service.metrics.decode_seconds.labels("file").observe(time.perf_counter() - started)
+    service.metrics.audio_seconds.labels("file").inc(transcript.duration)
+    return transcript

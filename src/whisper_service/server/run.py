@@ -1,0 +1,36 @@
+"""Running the app under uvicorn, with a graceful drain on SIGINT and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from ..config import Settings
+from .app import create_app
+from .service import Service
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGINT/SIGTERM, first let open sessions send their last finals, then stop."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+        if self.should_exit or not len(self.service.sessions):
+            return super().handle_exit(sig, frame)
+        asyncio.get_running_loop().create_task(self._drain_then_exit(sig, frame))
+
+    async def _drain_then_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+        await self.service.sessions.drain()
+        super().handle_exit(sig, frame)
+
+
+def run(settings: Settings, log_level: str = "info") -> None:
+    """Serve until a signal; `settings` carry host, port and everything else."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                            ws_max_size=settings.max_ws_message_bytes + 1024)
+    DrainingServer(config, app.state.service).run()

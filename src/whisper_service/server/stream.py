@@ -1,0 +1,255 @@
+"""The WebSocket stream at `/v1/stream` (docs/protocol.md): one `StreamHandler` per client.
+
+A reader task turns the socket's messages into typed queue items; the handler's loop pushes
+the audio that queued up during the last decode to the session in one go, and sends the
+session's events back. A client's mistake or disappearance ends only its own session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, WebSocket
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from ..audio import SAMPLE_RATE, AudioError, Resampler, pcm_to_float
+from ..models import ModelInUseError
+from ..protocol import StreamConfig, parse_config, parse_json
+from ..registry import ModelNotFoundError
+from ..streaming import StreamEvent, StreamingSession
+from .auth import ApiKey
+from .errors import ProtocolError
+from .service import Service, get_ws_service
+
+router = APIRouter()
+
+
+# -- what the reader queues for the handler ------------------------------------------------
+
+@dataclass(frozen=True)
+class Audio:
+    samples: np.ndarray  # 16 kHz mono float32
+
+
+@dataclass(frozen=True)
+class End:
+    """The client sent `{"type": "end"}`."""
+
+
+@dataclass(frozen=True)
+class ClientError:
+    """A recoverable mistake (a bad frame, an unknown message): reported, the stream goes on."""
+
+    error: ProtocolError
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Nothing arrived for `idle_timeout_s`: reported, then the stream is finished."""
+
+    error: ProtocolError
+
+
+Item = Audio | End | ClientError | Idle
+
+
+class State(enum.Enum):
+    AWAITING_CONFIG = "awaiting config"
+    STREAMING = "streaming"
+    FINISHING = "finishing"
+    CLOSED = "closed"
+
+
+@router.websocket("/v1/stream")
+async def stream(ws: WebSocket) -> None:
+    await StreamHandler(ws, get_ws_service(ws)).run()
+
+
+class StreamHandler:
+    """One client's stream: awaiting config -> streaming -> finishing -> closed."""
+
+    def __init__(self, ws: WebSocket, service: Service) -> None:
+        self.ws, self.service, self.settings = ws, service, service.settings
+        self.state = State.AWAITING_CONFIG
+        self.session: StreamingSession | None = None
+        self.config: StreamConfig | None = None
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        try:
+            if not ApiKey(self.settings.api_key).allows(self.ws.headers, self.ws.query_params):
+                self.service.metrics.rejected.labels("unauthorized").inc()
+                raise ProtocolError("unauthorized", "missing or invalid API key")
+            with self.service.sessions.open() as (session_id, finish):
+                try:
+                    await self._open(session_id)
+                    await self._stream(finish)
+                finally:
+                    if self.session is not None:
+                        self.session.close()
+        except ProtocolError as exc:
+            await self._close_with_error(exc)
+        except WebSocketDisconnect:
+            pass  # the client vanished; everything it had is freed above
+        self.state = State.CLOSED
+
+    # -- awaiting config --------------------------------------------------------------------
+
+    async def _open(self, session_id: str) -> None:
+        message = await self._receive()
+        if message.get("bytes") is not None:
+            raise ProtocolError("config_required", "send the JSON config message before any audio")
+        self.config = config = parse_config(parse_json(message.get("text") or ""))
+        name = self.service.model_name(config.model)
+        try:
+            options = config.stream_options(self.settings)
+            self.session = await run_in_threadpool(
+                StreamingSession.open, self.service.manager, name, options,
+                on_decode=self.service.metrics.decode_seconds.labels("stream").observe)
+        except ModelNotFoundError as exc:
+            raise ProtocolError("model_not_found", str(exc)) from None
+        except ModelInUseError as exc:
+            raise ProtocolError("server_busy", str(exc), 1013) from None
+        except ValueError as exc:
+            raise ProtocolError("invalid_config", str(exc)) from None
+        await self.ws.send_json({"type": "ready", "session_id": session_id, "config": {
+            **config.model_dump(), "model": name, "min_chunk_s": options.min_chunk_s}})
+        self.state = State.STREAMING
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    async def _stream(self, finish: asyncio.Event) -> None:
+        """Move audio from the socket to the session and events back, until the end."""
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        started = time.monotonic()
+        reader = asyncio.create_task(self._read(queue))
+        finisher = asyncio.create_task(finish.wait())
+        try:
+            while True:
+                items = await self._next_items(queue, reader, finisher)
+                if items is None:
+                    return await self._finish("server shutting down", 1001)
+                if reason := await self._handle(items):
+                    return await self._finish(reason, 1000)
+                if time.monotonic() - started > self.settings.max_session_s:
+                    limit = self.settings.max_session_s
+                    await self._send_error(ProtocolError(
+                        "session_too_long", f"session exceeded {limit:.0f} s"))
+                    return await self._finish("maximum session duration", 1000)
+        finally:
+            for task in (reader, finisher):
+                task.cancel()
+            await asyncio.gather(reader, finisher, return_exceptions=True)
+
+    async def _next_items(self, queue: asyncio.Queue[Item], reader: asyncio.Task,
+                          finisher: asyncio.Task) -> list[Item] | None:
+        """Everything queued since the last decode (at least one item), or None on drain.
+        Re-raises the reader's disconnect or fatal protocol error once its queue is empty."""
+        while True:
+            getter = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({getter, finisher, reader},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                items = [getter.result()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                return items
+            getter.cancel()
+            if reader in done and queue.empty():
+                reader.result()
+            if finisher in done:
+                return None
+
+    async def _handle(self, items: list[Item]) -> str | None:
+        """Push the items' audio as one chunk, report errors; the reason to finish, if any."""
+        audio = [item.samples for item in items if isinstance(item, Audio)]
+        if audio:
+            samples = np.concatenate(audio)
+            self.service.metrics.audio_seconds.labels("stream").inc(len(samples) / SAMPLE_RATE)
+            await self._send_events(await run_in_threadpool(self.session.push, samples))
+        for item in items:
+            if isinstance(item, ClientError):
+                await self._send_error(item.error)
+            elif isinstance(item, Idle):
+                await self._send_error(item.error)
+                return "idle timeout"
+            elif isinstance(item, End):
+                return "end of stream"
+        return None
+
+    async def _read(self, queue: asyncio.Queue[Item]) -> None:
+        """The reader task: socket messages to queue items, until `end` or idle."""
+        resample = Resampler(self.config.sample_rate)
+        while True:
+            try:
+                message = await self._receive()
+            except ProtocolError as exc:  # idle timeout
+                return await queue.put(Idle(exc))
+            data = message.get("bytes")
+            if data is not None:
+                await queue.put(self._audio(data, resample))
+                continue
+            try:
+                kind = parse_json(message.get("text") or "")["type"]
+            except ProtocolError as exc:
+                await queue.put(ClientError(exc))
+                continue
+            if kind == "end":
+                return await queue.put(End())
+            await queue.put(ClientError(ProtocolError(
+                "unknown_message_type", f"unknown message type {kind!r}; "
+                "expected binary audio or {\"type\": \"end\"}")))
+
+    def _audio(self, data: bytes, resample: Resampler) -> Audio | ClientError:
+        limit = self.settings.max_ws_message_bytes
+        if len(data) > limit:  # fatal: raised in the reader, re-raised by the handler
+            raise ProtocolError("message_too_large",
+                                f"audio frame of {len(data)} bytes exceeds {limit}", 1009)
+        try:
+            return Audio(resample(pcm_to_float(data, self.config.encoding)))
+        except AudioError as exc:
+            return ClientError(ProtocolError("invalid_audio", str(exc)))
+
+    async def _receive(self) -> dict[str, Any]:
+        timeout = self.settings.idle_timeout_s
+        try:
+            message = await asyncio.wait_for(self.ws.receive(), timeout)
+        except TimeoutError:
+            raise ProtocolError("idle_timeout", f"no message for {timeout:.0f} s") from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        return message
+
+    # -- finishing ------------------------------------------------------------------------------
+
+    async def _finish(self, reason: str, code: int) -> None:
+        """Last finals, then `done`, then close: nothing a client sent is lost."""
+        self.state = State.FINISHING
+        session = self.session
+        await self._send_events(await run_in_threadpool(session.end_of_stream))
+        await self.ws.send_json({"type": "done",
+                                 "audio_seconds": round(session.stats["audio_s"], 3),
+                                 "segments": session.stats["finals"], "reason": reason})
+        await self.ws.close(code, reason)
+
+    async def _send_events(self, events: list[StreamEvent]) -> None:
+        for event in events:
+            await self.ws.send_json(event.to_dict(words=self.config.word_timestamps))
+
+    async def _send_error(self, error: ProtocolError) -> None:
+        await self.ws.send_json(error.to_dict())
+
+    async def _close_with_error(self, error: ProtocolError) -> None:
+        if self.ws.client_state == WebSocketState.CONNECTED:
+            try:
+                await self.ws.send_text(json.dumps(error.to_dict()))
+                await self.ws.close(error.close_code, error.message[:120])
+            except (WebSocketDisconnect, RuntimeError):
+                pass

@@ -1,0 +1,70 @@
+"""Settings: the one place for defaults and bounds, and the docs that list them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from whisper_service.config import Settings, describe_error
+from whisper_service.context import WHISPER_MAX_PROMPT_TOKENS
+from whisper_service.streaming import StreamOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_reach_stream_options():
+    options = StreamOptions.from_settings(Settings())
+    assert (options.min_chunk_s, options.max_buffer_s, options.beam_size,
+            options.max_context_tokens) == (0.7, 15.0, 5, WHISPER_MAX_PROMPT_TOKENS)
+    assert options.language is None and options.static_prompt == ""
+
+
+@pytest.mark.parametrize("variable, value, needle", [
+    ("MAX_BUFFER_S", "40", "WHISPER_SERVICE_MAX_BUFFER_S: Input should be less than or equal"),
+    ("MIN_CHUNK_S", "0.05", "WHISPER_SERVICE_MIN_CHUNK_S: Input should be greater than or equal"),
+    ("MAX_CONTEXT_TOKENS", "300", "WHISPER_SERVICE_MAX_CONTEXT_TOKENS"),
+    ("STREAM_BEAM_SIZE", "0", "WHISPER_SERVICE_STREAM_BEAM_SIZE"),
+    ("PORT", "http", "WHISPER_SERVICE_PORT: Input should be a valid integer"),
+])
+def test_a_bad_variable_is_named_in_one_line(monkeypatch, variable, value, needle):
+    monkeypatch.setenv(f"WHISPER_SERVICE_{variable}", value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    message = describe_error(caught.value)
+    assert message.startswith(needle) and "\n" not in message, message
+
+
+def test_chunk_must_fit_the_buffer(monkeypatch):
+    monkeypatch.setenv("WHISPER_SERVICE_MIN_CHUNK_S", "3")
+    monkeypatch.setenv("WHISPER_SERVICE_MAX_BUFFER_S", "4")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "at most half of max_buffer_s" in describe_error(caught.value)
+
+
+def test_overrides_are_validated_like_the_environment():
+    settings = Settings()
+    assert settings.override(max_sessions=3).max_sessions == 3
+    with pytest.raises(ValidationError):
+        settings.override(max_sessions=0)
+    with pytest.raises(ValidationError):
+        StreamOptions.from_settings(settings, min_chunk_s=0.01)
+    options = StreamOptions.from_settings(settings, beam_size=1, max_buffer_s=6, language="de")
+    assert (options.beam_size, options.max_buffer_s, options.language) == (1, 6, "de")
+
+
+def _documented(path: Path, heading: str) -> set[str]:
+    """The WHISPER_SERVICE_* names in the first table after `heading`."""
+    text = path.read_text(encoding="utf-8")
+    section = text[text.index(heading):]
+    table = re.search(r"\n(\|.*\n)+", section).group(0)
+    return set(re.findall(r"^\| `(WHISPER_SERVICE_[A-Z_]+)` \|", table, re.MULTILINE))
+
+
+def test_every_setting_is_documented():
+    fields = {f"WHISPER_SERVICE_{name.upper()}" for name in Settings.model_fields}
+    assert fields == _documented(ROOT / "README.md", "## Configuration")
+    assert fields == _documented(ROOT / "docs" / "protocol.md", "## Limits")
