@@ -80,11 +80,9 @@ def transcribe(files: tuple[Path, ...], model: str, language: str, task: str, fm
                output_dir: Path | None, word_timestamps: bool, vad: bool, beam_size: int,
                prompt: str | None, quiet: bool) -> None:
     """Transcribe or translate audio files to txt, srt, vtt or json."""
-    from tqdm import tqdm
-
     from .audio import AudioError, decode_file
     from .formats import EXTENSIONS, render
-    from .transcribe import Decoder, DecodeRequest, TranscribeOptions
+    from .transcribe import Decoder, TranscribeOptions
 
     try:
         options = TranscribeOptions(language=_language(language), task=task, beam_size=beam_size,
@@ -108,15 +106,7 @@ def transcribe(files: tuple[Path, ...], model: str, language: str, task: str, fm
             click.echo(f"Error: {exc}", err=True)
             failures += 1
             continue
-        duration = len(audio) / 16000
-        show = not quiet and sys.stderr.isatty()
-        with tqdm(total=round(duration, 2), unit="s", desc=path.name, disable=not show,
-                  file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} audio s "
-                  "[{elapsed}<{remaining}]") as bar:
-            transcript = decoder.decode(
-                DecodeRequest(audio, options),
-                on_progress=lambda s: bar.update(max(0.0, min(s, bar.total) - bar.n)))
-        text = render(transcript, fmt, task)
+        text = render(_decode_with_progress(decoder, audio, options, path.name, quiet), fmt, task)
         if output_dir is None:
             click.echo(text, nl=False)
             continue
@@ -131,6 +121,21 @@ def transcribe(files: tuple[Path, ...], model: str, language: str, task: str, fm
             click.echo(f"wrote {out}", err=True)
     if failures:
         raise _fail(f"{failures} of {len(files)} file(s) failed")
+
+
+def _decode_with_progress(decoder, audio, options, name: str, quiet: bool):
+    """Decode one file, with a progress bar in audio seconds when stderr is a terminal."""
+    from tqdm import tqdm
+
+    from .audio import SAMPLE_RATE
+    from .transcribe import DecodeRequest
+
+    show = not quiet and sys.stderr.isatty()
+    with tqdm(total=round(len(audio) / SAMPLE_RATE, 2), unit="s", desc=name, disable=not show,
+              file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} audio s "
+              "[{elapsed}<{remaining}]") as bar:
+        return decoder.decode(DecodeRequest(audio, options),
+                              on_progress=lambda s: bar.update(max(0.0, min(s, bar.total) - bar.n)))
 
 
 def _check_writable(directory: Path) -> None:

@@ -183,20 +183,7 @@ class Decoder:
                               language=language)
         previous = tokenizer.encode(" " + opts.initial_prompt.strip()) \
             if opts.initial_prompt else []
-        temperatures = opts.temperature if isinstance(opts.temperature, tuple) \
-            else (opts.temperature,)
-        fw_options = TranscriptionOptions(
-            beam_size=opts.beam_size, best_of=5, patience=1.0, length_penalty=1.0,
-            repetition_penalty=1.0, no_repeat_ngram_size=0, log_prob_threshold=-1.0,
-            no_speech_threshold=0.6, compression_ratio_threshold=2.4,
-            condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
-            temperatures=list(temperatures), initial_prompt=None, prefix=None,
-            suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-            without_timestamps=False, max_initial_timestamp=1.0,
-            word_timestamps=opts.word_timestamps, prepend_punctuations="\"'“¿([{-",
-            append_punctuations="\"'.。,，!！?？:：”)]}、", multilingual=False,
-            max_new_tokens=None, clip_timestamps="0", hallucination_silence_threshold=None,
-            hotwords=None)
+        fw_options = _window_options(opts, tokenizer)
         prompt = model.get_prompt(tokenizer, previous, prefix=opts.prefix)
         result, avg_logprob, temperature, compression_ratio = model.generate_with_fallback(
             encoder_output, prompt, tokenizer, fw_options)
@@ -217,6 +204,25 @@ class Decoder:
                                avg_logprob, result.no_speech_prob, compression_ratio,
                                temperature, tuple(part["tokens"])))
         return Transcript(language, probability, duration, tuple(out))
+
+
+def _window_options(opts: TranscribeOptions, tokenizer: Tokenizer) -> TranscriptionOptions:
+    """faster-whisper's decoding options with its own `transcribe` defaults (the window path
+    must decode as `transcribe` does: test_window_path_matches_faster_whisper)."""
+    temperatures = opts.temperature if isinstance(opts.temperature, tuple) \
+        else (opts.temperature,)
+    return TranscriptionOptions(
+        beam_size=opts.beam_size, best_of=5, patience=1.0, length_penalty=1.0,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, log_prob_threshold=-1.0,
+        no_speech_threshold=0.6, compression_ratio_threshold=2.4,
+        condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
+        temperatures=list(temperatures), initial_prompt=None, prefix=None,
+        suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+        without_timestamps=False, max_initial_timestamp=1.0,
+        word_timestamps=opts.word_timestamps, prepend_punctuations="\"'“¿([{-",
+        append_punctuations="\"'.。,，!！?？:：”)]}、", multilingual=False,
+        max_new_tokens=None, clip_timestamps="0", hallucination_silence_threshold=None,
+        hotwords=None)
 
 
 def split_segments(tokens: list[int], timestamp_begin: int, duration: float) -> list[dict]:

@@ -115,7 +115,10 @@ def test_window_path_matches_faster_whisper(tiny_en, name, prompt, prefix):
                     condition_on_previous_text=False)
     ours = Decoder(tiny_en).decode(DecodeRequest(audio, TranscribeOptions(**settings),
                                                  window=True))
-    theirs = list(tiny_en.model.transcribe(audio, **settings)[0])
+    # faster-whisper decodes what is left after the window's last timestamp as one more
+    # window (here trailing silence, where it may invent "Thanks for watching"); the window
+    # path leaves that out on purpose, so only the first window's segments are compared.
+    theirs = [seg for seg in tiny_en.model.transcribe(audio, **settings)[0] if seg.seek == 0]
     assert ours.text == "".join(s.text for s in theirs).strip()
     assert len(ours.segments) == len(theirs)
     for a, b in zip(ours.segments, theirs):
