@@ -15,7 +15,7 @@ run: install
 # CTranslate2 picks its int8 backend by CPU vendor: Intel MKL on Intel, oneDNN elsewhere, and
 # model outputs differ slightly between them. The model-dependent tests run a second time under
 # other arithmetic, so a pass here means a pass on any x86 machine: oneDNN on Intel; elsewhere
-# GENERIC kernels, because MKL on AMD took 4.5x as long (bench/backends.py covers all three).
+# GENERIC kernels, because MKL on AMD takes 4x as long (bench/backends.py covers all three).
 # A run that forced a backend itself runs again on the default one.
 OTHER_BACKEND := $(shell if [ -n "$$CT2_USE_MKL$$CT2_FORCE_CPU_ISA" ]; then \
 	echo -u CT2_USE_MKL -u CT2_FORCE_CPU_ISA; \
