@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import wave
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +66,17 @@ def english_wer(reference_text: str, hypothesis: str) -> float:
     """WER after Whisper's own English normalizer ("$380" = "380 dollars", "4,172" = "4172",
     British = American spelling), the normalization Whisper's published WERs use."""
     from jiwer import wer
+
+    normalizer = _english_normalizer()
+    return wer(normalizer(reference_text), normalizer(hypothesis) or "<empty>")
+
+
+@lru_cache(maxsize=1)
+def _english_normalizer():
+    """Built once: it loads a spelling table of its own."""
     from whisper_normalizer.english import EnglishTextNormalizer
 
-    ref = EnglishTextNormalizer()(reference_text)
-    return wer(ref, EnglishTextNormalizer()(hypothesis) or "<empty>")
+    return EnglishTextNormalizer()
 
 
 def backend() -> str:

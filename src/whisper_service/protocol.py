@@ -9,11 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .audio import SAMPLE_RATE, Encoding
 from .registry import parse_language
+from .streaming import StreamOptions
 from .vad import VadOptions
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .streaming import StreamOptions
 
 MIN_RATE, MAX_RATE = 8000, 48000
 
@@ -60,8 +60,6 @@ class StreamConfig(BaseModel):
 
     def stream_options(self, settings: Settings) -> StreamOptions:
         """The server's settings with this client's choices."""
-        from .streaming import StreamOptions
-
         return StreamOptions.from_settings(settings, language=parse_language(self.language),
                                            task=self.task, static_prompt=self.static_prompt,
                                            vad=self.vad)

@@ -17,7 +17,7 @@ from ..models import LoadedModel, ModelManager
 from ..transcribe import Decoder, DecodeRequest, TranscribeOptions
 from ..vad import get_vad_model
 from . import health, openai, stream
-from .auth import ApiKey, ApiKeyMiddleware
+from .auth import ApiKeyMiddleware
 from .errors import ApiError, api_error_handler
 from .health import STATIC
 from .service import Service
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     service = Service(settings, manager or ModelManager.from_settings(settings, concurrent=True))
     app = FastAPI(title="Whisper Service", version="0.1.0", lifespan=_lifespan)
     app.state.service = service
-    app.add_middleware(ApiKeyMiddleware, api_key=ApiKey(settings.api_key),
+    app.add_middleware(ApiKeyMiddleware, api_key=service.api_key,
                        on_reject=service.metrics.rejected.labels("unauthorized").inc)
     app.add_exception_handler(ApiError, api_error_handler)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

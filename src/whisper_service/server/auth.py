@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import error_response
@@ -41,9 +42,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self._public(scope["path"]):
-            from starlette.requests import Request
-
-            request = Request(scope)
+            request = HTTPConnection(scope)
             if not self.api_key.allows(request.headers, request.query_params):
                 if self.on_reject:
                     self.on_reject()

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from fastapi import Request, WebSocket
+from starlette.requests import HTTPConnection
 
 from ..config import Settings
 from ..metrics import Metrics
 from ..models import ModelManager
+from .auth import ApiKey
 from .errors import ProtocolError
 
 OPENAI_ALIASES = ("whisper-1",)  # clients written for OpenAI send this name
@@ -61,8 +62,10 @@ class Service:
     manager: ModelManager
     metrics: Metrics = field(init=False)
     sessions: Sessions = field(init=False)
+    api_key: ApiKey = field(init=False)
 
     def __post_init__(self) -> None:
+        self.api_key = ApiKey(self.settings.api_key)
         self.metrics = Metrics(self.manager)
         self.sessions = Sessions(self.settings.max_sessions, self.metrics)
 
@@ -73,9 +76,6 @@ class Service:
         return requested
 
 
-def get_service(request: Request) -> Service:
-    return request.app.state.service
-
-
-def get_ws_service(websocket: WebSocket) -> Service:
-    return websocket.app.state.service
+def get_service(connection: HTTPConnection) -> Service:
+    """The app's service, for an HTTP request or a WebSocket alike."""
+    return connection.app.state.service

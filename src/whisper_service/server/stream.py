@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +23,8 @@ from ..models import ModelInUseError
 from ..protocol import StreamConfig, parse_config, parse_json
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession
-from .auth import ApiKey
 from .errors import ProtocolError
-from .service import Service, get_ws_service
+from .service import Service, get_service
 
 router = APIRouter()
 
@@ -69,7 +67,7 @@ class State(enum.Enum):
 
 @router.websocket("/v1/stream")
 async def stream(ws: WebSocket) -> None:
-    await StreamHandler(ws, get_ws_service(ws)).run()
+    await StreamHandler(ws, get_service(ws)).run()
 
 
 class StreamHandler:
@@ -84,7 +82,7 @@ class StreamHandler:
     async def run(self) -> None:
         await self.ws.accept()
         try:
-            if not ApiKey(self.settings.api_key).allows(self.ws.headers, self.ws.query_params):
+            if not self.service.api_key.allows(self.ws.headers, self.ws.query_params):
                 self.service.metrics.rejected.labels("unauthorized").inc()
                 raise ProtocolError("unauthorized", "missing or invalid API key")
             with self.service.sessions.open() as (session_id, finish):
@@ -249,7 +247,7 @@ class StreamHandler:
     async def _close_with_error(self, error: ProtocolError) -> None:
         if self.ws.client_state == WebSocketState.CONNECTED:
             try:
-                await self.ws.send_text(json.dumps(error.to_dict()))
+                await self._send_error(error)
                 await self.ws.close(error.close_code, error.message[:120])
             except (WebSocketDisconnect, RuntimeError):
                 pass
