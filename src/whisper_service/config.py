@@ -57,12 +57,25 @@ class Settings(BaseSettings):
                                     description="rolling prompt size (static prompt + "
                                     "committed text)")
 
+    window_pad_s: float = Field(10.0, ge=5, le=30, description="streaming windows are "
+                                "padded to the next multiple of this for the encoder, not "
+                                "always to Whisper's 30 s (shorter made tiny.en repeat text)")
+
+    # Batching (streaming windows of many sessions decoded together)
+    batching: bool = Field(True, description="decode the windows of concurrent streams as "
+                           "batches; off: each alone, as before")
+    max_batch_size: int = Field(8, ge=1, le=64, description="windows in one batch")
+    batch_wait_ms: float = Field(20.0, ge=0, le=500, description="longest wait for a batch "
+                                 "to fill when several windows are pending (none for one)")
+
     # Server
     host: str = Field("127.0.0.1", description="where serve listens")
     port: int = Field(8000, ge=0, le=65535, description="where serve listens")
     api_key: str | None = Field(None, description="when set, every endpoint but /health "
                                 "needs it")
     max_sessions: int = Field(16, ge=1, description="concurrent streaming sessions")
+    max_lag_s: float = Field(3.0, gt=0, description="new streams get server_busy while the "
+                             "open ones lag this far behind their audio, on average")
     max_session_s: float = Field(3600.0, gt=0, description="longest streaming session")
     idle_timeout_s: float = Field(30.0, gt=0, description="a stream with no message for "
                                   "this long is finished")

@@ -13,6 +13,10 @@ from collections import deque
 import tokenizers
 
 WHISPER_MAX_PROMPT_TOKENS = 223
+# Batched decodes need the same prompt length (CTranslate2 wants <|startoftranscript|> at one
+# position in a batch), so `tokens()` rounds the committed text down to a multiple of this.
+# At the cap (215-223 tokens at word boundaries) every session then sends 208 tokens.
+PROMPT_STEP = 16
 
 
 class RollingContext:
@@ -81,6 +85,20 @@ class RollingContext:
         """The next decode's initial_prompt, or None when there is nothing to condition on."""
         text = " ".join([self._static_prompt, *self.committed_words]).strip()
         return text or None
+
+    def tokens(self) -> tuple[int, ...] | None:
+        """The prompt as tokens, static prompt whole, with the oldest committed tokens cut so
+        that the length is a multiple of PROMPT_STEP (a few tokens of the oldest context
+        matter little; a shared length lets sessions' decodes share a batch)."""
+        text = self.prompt()
+        if text is None:
+            return None
+        ids = self._tokenizer.encode(" " + text, add_special_tokens=False).ids
+        keep = len(ids) // PROMPT_STEP * PROMPT_STEP
+        if keep <= self._static_tokens:  # no committed text would be left: send it all
+            return tuple(ids)
+        return tuple(ids[:self._static_tokens]) + tuple(ids[len(ids) - keep
+                                                            + self._static_tokens:])
 
     def token_count(self) -> int:
         """Tokens of prompt() as faster-whisper will send it (0 if there is no prompt)."""

@@ -40,16 +40,18 @@ def credits_start(words: Sequence[str]) -> int | None:
     return None
 
 
-def loop_start(words: Sequence[str], max_n: int = 6, min_repeats: int = 3) -> int | None:
+def loop_start(words: Sequence[str], max_n: int = 16, min_repeats: int = 3) -> int | None:
     """Index where an n-gram starts repeating back-to-back to the very end, else None.
 
     A stuck model repeats until its window ends; a speaker who repeats ("thank you, thank
     you, thank you") goes on to other words. Single words need more repeats ("no, no, no" is
-    speech); longer n-grams fewer. The returned cut keeps the first occurrence.
+    speech); longer n-grams fewer, and a whole phrase of LONG_PHRASE words or more twice is
+    already a loop (tiny.en wrote en_passage's last sentence twice on a short window). The
+    returned cut keeps the first occurrence.
     """
     norm = [normalize(w) for w in words]
     for n in range(1, max_n + 1):
-        needed = max(min_repeats, 5) if n == 1 else min_repeats
+        needed = max(min_repeats, 5) if n == 1 else 2 if n >= LONG_PHRASE else min_repeats
         for i in range(0, len(norm) - n * needed + 1):
             gram = norm[i:i + n]
             if not all(gram):
@@ -60,6 +62,10 @@ def loop_start(words: Sequence[str], max_n: int = 6, min_repeats: int = 3) -> in
     return None
 
 
+LONG_PHRASE = 5
+
+
 def _repeats_to_end(words: list[str], gram: list[str]) -> bool:
     """`words` is `gram` over and over, the last time possibly cut short."""
     return all(w == gram[k % len(gram)] for k, w in enumerate(words))
+

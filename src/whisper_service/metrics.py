@@ -10,13 +10,19 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
 from .models import ModelManager
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
 
 class _ModelCollector:
-    """Reads load counts from the ModelManager at scrape time, so the two never disagree."""
+    """Reads load counts and batch schedulers at scrape time, so the two never disagree."""
 
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
@@ -33,6 +39,30 @@ class _ModelCollector:
             refs.add_metric([name], info["refs"])
         yield loads
         yield refs
+        yield from self._batching()
+
+    def _batching(self):
+        depth = GaugeMetricFamily("whisper_decode_queue_depth",
+                                  "Window decodes waiting for a batch", labels=["model"])
+        sizes = HistogramMetricFamily("whisper_batch_size", "Windows per batched decode",
+                                      labels=["model"])
+        waited = CounterMetricFamily("whisper_decode_queue_wait_seconds",
+                                     "Time window decodes spent queued, summed",
+                                     labels=["model"])
+        for key, loaded in self.manager.pipelines.items():
+            scheduler = loaded.scheduler
+            if scheduler is None:
+                continue
+            depth.add_metric([key.name], scheduler.depth)
+            counts = dict(scheduler.batch_sizes)
+            buckets = [(str(b), sum(c for size, c in counts.items() if size <= b))
+                       for b in BATCH_BUCKETS] + [("+Inf", sum(counts.values()))]
+            sizes.add_metric([key.name], buckets,
+                             sum_value=sum(size * c for size, c in counts.items()))
+            waited.add_metric([key.name], scheduler.wait_s_total)
+        yield depth
+        yield sizes
+        yield waited
 
 
 class Metrics:
@@ -50,6 +80,9 @@ class Metrics:
             "whisper_decode_seconds", "Wall time of one decode call", ["source"],
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
             registry=self.registry)
+        self.session_lag = Gauge("whisper_session_lag_seconds", "Audio a streaming session has "
+                                 "received but not decoded yet", ["session"],
+                                 registry=self.registry)
         self.rejected = Counter("whisper_rejected", "Requests or sessions refused", ["reason"],
                                 registry=self.registry)
 

@@ -13,13 +13,16 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import memory, registry
+from .batching import BatchScheduler
 from .config import Settings, get_settings
 from .context import WHISPER_MAX_PROMPT_TOKENS, init_context
+from .transcribe import Transcript, Window, decode_windows
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -46,6 +49,8 @@ class LoadedModel:
     # Decodes running at once: CTranslate2 runs num_workers anyway and queues the rest, so
     # waiting here first keeps the decode working memory per worker, not per session.
     slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
+    window_pad_s: float = 30.0  # streaming windows are padded to a multiple of this
+    scheduler: BatchScheduler[Window, Transcript] | None = None  # batches window decodes
     refs: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
@@ -67,11 +72,16 @@ class ModelManager:
         cache_dir: Path | None = None,
         max_loaded: int = 0,
         idle_ttl_s: float = 0.0,
+        window_pad_s: float = 30.0,
+        max_batch: int = 1,
+        batch_wait_s: float = 0.0,
     ) -> None:
         self.device, self.compute_type = device, compute_type
         self.cpu_threads, self.num_workers = cpu_threads, num_workers
         self.cache_dir = cache_dir or get_settings().cache_dir
         self.max_loaded, self.idle_ttl_s = max_loaded, idle_ttl_s
+        self.window_pad_s, self.max_batch, self.batch_wait_s = \
+            window_pad_s, max_batch, batch_wait_s
         self._lock = threading.Lock()
         self._load_locks: dict[ModelKey, threading.Lock] = {}
         self._loaded: dict[ModelKey, LoadedModel] = {}
@@ -93,6 +103,9 @@ class ModelManager:
             cache_dir=settings.cache_dir,
             max_loaded=settings.max_loaded_models,
             idle_ttl_s=settings.model_idle_ttl_s,
+            window_pad_s=settings.window_pad_s,
+            max_batch=settings.max_batch_size if settings.batching else 1,
+            batch_wait_s=settings.batch_wait_ms / 1000,
         )
 
     def key(self, name: str) -> ModelKey:
@@ -127,7 +140,12 @@ class ModelManager:
             started = time.perf_counter()
             model = self._load(path)
             loaded = LoadedModel(key, model, path, time.perf_counter() - started,
-                                 threading.Semaphore(self.num_workers))
+                                 threading.Semaphore(self.num_workers), self.window_pad_s)
+            if self.max_batch > 1:
+                loaded.scheduler = BatchScheduler(
+                    partial(decode_windows, loaded), key=lambda window: window.key,
+                    slots=loaded.slots, workers=self.num_workers, max_batch=self.max_batch,
+                    max_wait_s=self.batch_wait_s, name=f"decode-{name}")
             with self._lock:
                 self._loaded[key] = loaded
                 self._load_counts[key] = self._load_counts.get(key, 0) + 1
@@ -227,6 +245,8 @@ class ModelManager:
 
     @staticmethod
     def _free(loaded: LoadedModel) -> None:
+        if loaded.scheduler is not None:
+            loaded.scheduler.close()
         loaded.model.model.unload_model()
         del loaded.model
         gc.collect()

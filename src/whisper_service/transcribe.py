@@ -6,18 +6,26 @@ scheduler that batches many sessions' requests only has to replace `Decoder`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import ctranslate2
 import numpy as np
-from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
+from faster_whisper.transcribe import (
+    TranscriptionOptions,
+    get_compression_ratio,
+    get_ctranslate2_storage,
+    get_suppressed_tokens,
+)
 
 from .audio import SAMPLE_RATE
-from .models import LoadedModel
+from .context import WHISPER_MAX_PROMPT_TOKENS
 from .registry import check_language
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
 
 Task = Literal["transcribe", "translate"]
 
@@ -66,7 +74,7 @@ class TranscribeOptions:
     beam_size: int = 5
     word_timestamps: bool = False
     vad_filter: bool = True
-    initial_prompt: str | None = None
+    initial_prompt: str | tuple[int, ...] | None = None  # text, or its tokens
     prefix: str | None = None  # forced start of the text: what a stream already committed
     temperature: float | tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     condition_on_previous_text: bool = True
@@ -81,11 +89,13 @@ class TranscribeOptions:
 
 @dataclass(frozen=True)
 class DecodeRequest:
-    """`window`: decode the audio (at most 30 s) as one Whisper window, as streaming wants."""
+    """`window`: decode the audio (at most 30 s) as one Whisper window, as streaming wants.
+    `pad_s`: pad that window to a multiple of this (default: the model's `window_pad_s`)."""
 
     audio: np.ndarray
     options: TranscribeOptions
     window: bool = False
+    pad_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.window and len(self.audio) > WINDOW_SAMPLES:
@@ -93,6 +103,8 @@ class DecodeRequest:
 
 
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
+FRAMES_PER_SECOND = 100  # mel frames
+WINDOW_FRAMES = 30 * FRAMES_PER_SECOND
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
 
 
@@ -112,17 +124,31 @@ class Decoder:
             if options.task == "translate":
                 raise ValueError(f"model {name} is English-only and cannot translate; use base")
 
+    def load(self) -> float:
+        """How much longer than `min_chunk_s` a session's step should be right now: 1 while
+        the scheduler keeps up, growing with the windows queued behind the running batches
+        (one more step per full batch waiting). Sessions then re-decode less often, so an
+        overloaded server degrades in latency, smoothly, instead of in backlog."""
+        scheduler = self.loaded.scheduler
+        return 1.0 + scheduler.depth / scheduler.max_batch if scheduler else 1.0
+
     def decode(self, request: DecodeRequest,
                on_progress: Callable[[float], None] | None = None) -> Transcript:
         """Decode 16 kHz audio. `on_progress` gets audio seconds done so far.
 
         Each Whisper window waits for one of the model's decode slots (`num_workers`), so many
         sessions share a few, and a long file takes turns with the streams window by window.
+        Window decodes go through the model's batch scheduler when it has one: the features
+        are computed here, on the caller's thread, and the scheduler runs them with other
+        sessions' windows.
         """
         self.check(request.options)
         if request.window:
+            window = prepare_window(self.loaded, request)
+            if self.loaded.scheduler is not None:
+                return self.loaded.scheduler.decode(window)
             with self.loaded.slots:
-                return self._decode_window(request.audio, request.options)
+                return decode_windows(self.loaded, [window])[0]
         return self._decode_file(request, on_progress)
 
     def _decode_file(self, request: DecodeRequest,
@@ -162,61 +188,153 @@ class Decoder:
             on_progress(duration)
         return Transcript(info.language, info.language_probability, duration, tuple(out))
 
-    def _decode_window(self, audio: np.ndarray, opts: TranscribeOptions) -> Transcript:
-        """One encoder pass and one generation over a window of at most 30 s.
+@dataclass(frozen=True, eq=False)
+class Window:
+    """A window decode made ready on the caller's thread, for `decode_windows`."""
 
-        faster-whisper's `transcribe` re-decodes a last segment that has no closing timestamp
-        as a second window, paying the whole 30 s encoder again. In a stream that segment is
-        simply the speech still going on, so it is kept, with words running to the end.
-        """
-        model = self.loaded.model
-        features = model.feature_extractor(audio)[:, :-1]
-        frames = features.shape[-1]
-        encoder_output = model.encode(pad_or_trim(features))
-        language, probability = opts.language, 1.0
-        if not self.loaded.multilingual:
-            language = "en"
-        elif language is None:
-            token, probability = model.model.detect_language(encoder_output)[0][0]
-            language = token[2:-2]
-        tokenizer = Tokenizer(model.hf_tokenizer, self.loaded.multilingual, task=opts.task,
-                              language=language)
-        previous = tokenizer.encode(" " + opts.initial_prompt.strip()) \
-            if opts.initial_prompt else []
-        fw_options = _window_options(opts, tokenizer)
-        prompt = model.get_prompt(tokenizer, previous, prefix=opts.prefix)
-        result, avg_logprob, temperature, compression_ratio = model.generate_with_fallback(
-            encoder_output, prompt, tokenizer, fw_options)
-        duration = len(audio) / SAMPLE_RATE
-        parts = split_segments(result.sequences_ids[0], tokenizer.timestamp_begin, duration)
-        if opts.word_timestamps and parts:
-            model.add_word_timestamps([parts], tokenizer, encoder_output, frames,
-                                      fw_options.prepend_punctuations,
-                                      fw_options.append_punctuations, last_speech_timestamp=0.0)
-        out = []
-        for part in parts:
-            text = tokenizer.decode(part["tokens"])
-            if not text.strip():
-                continue
-            words = tuple(Word(w["start"], w["end"], w["word"], w["probability"])
-                          for w in part.get("words", ()))
-            out.append(Segment(len(out) + 1, part["start"], part["end"], text, words,
-                               avg_logprob, result.no_speech_prob, compression_ratio,
-                               temperature, tuple(part["tokens"])))
-        return Transcript(language, probability, duration, tuple(out))
+    features: np.ndarray  # (mels, frames) padded for the encoder
+    frames: int  # frames of real audio among them
+    duration: float
+    previous: tuple[int, ...]  # the prompt's previous-text tokens
+    options: TranscribeOptions
+
+    @property
+    def key(self) -> Hashable:
+        """Windows with equal keys can share a batch: one encoder length, one position of
+        <|startoftranscript|> in the prompts (CTranslate2 needs both), one search."""
+        temperatures = _temperatures(self.options)
+        search = temperatures if len(temperatures) == 1 else id(self)  # fallback runs alone
+        return self.features.shape[-1], len(self.previous), self.options.beam_size, search
+
+
+def prepare_window(loaded: LoadedModel, request: DecodeRequest) -> Window:
+    """Features padded to the next multiple of `window_pad_s` (not always Whisper's 30 s),
+    and the prompt's tokens (a token tuple is used as given: see RollingContext.tokens)."""
+    model = loaded.model
+    features = model.feature_extractor(request.audio)[:, :-1]
+    frames = features.shape[-1]
+    step = round((request.pad_s or loaded.window_pad_s) * FRAMES_PER_SECOND)
+    target = min(WINDOW_FRAMES, -(-max(frames, 1) // step) * step)
+    features = np.pad(features[:, :target], ((0, 0), (0, max(0, target - frames))))
+    prompt = request.options.initial_prompt
+    if isinstance(prompt, tuple):
+        previous = prompt
+    else:
+        previous = tuple(model.hf_tokenizer.encode(" " + prompt.strip(),
+                                                   add_special_tokens=False).ids
+                         ) if prompt else ()
+    return Window(features, min(frames, WINDOW_FRAMES), len(request.audio) / SAMPLE_RATE,
+                  previous[-WHISPER_MAX_PROMPT_TOKENS:], request.options)
+
+
+def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Transcript]:
+    """One encoder pass and one generation over windows of at most 30 s, in one batch.
+
+    The results equal those of decoding each window alone (test_batched_equals_alone).
+    faster-whisper's `transcribe` re-decodes a last segment that has no closing timestamp
+    as a second window, paying the encoder again. In a stream that segment is simply the
+    speech still going on, so it is kept, with words running to the end.
+    """
+    model = loaded.model
+    # The encoder output comes back to host memory (on a CPU, where it already is, this costs
+    # nothing), so that each window's slice can be aligned for word timestamps on its own.
+    encoded = model.model.encode(
+        get_ctranslate2_storage(np.stack([w.features for w in windows])), to_cpu=True)
+    languages = _languages(loaded, windows, encoded)
+    tokenizers = [Tokenizer(model.hf_tokenizer, loaded.multilingual, task=w.options.task,
+                            language=language) for w, (language, _) in zip(windows, languages)]
+    prompts = [model.get_prompt(t, list(w.previous), prefix=w.options.prefix)
+               for w, t in zip(windows, tokenizers)]
+    options = [_window_options(w.options, t) for w, t in zip(windows, tokenizers)]
+    if len(_temperatures(windows[0].options)) > 1:  # alone in its batch (Window.key)
+        generated = [model.generate_with_fallback(encoded, prompts[0], tokenizers[0],
+                                                  options[0])]
+    else:
+        generated = _generate(loaded, encoded, prompts, tokenizers, options[0])
+    alone = len(windows) == 1
+    out = []
+    for i, window in enumerate(windows):
+        encoder_output = encoded if alone else ctranslate2.StorageView.from_array(
+            np.asarray(encoded)[i:i + 1])
+        out.append(_transcript(loaded, window, languages[i], tokenizers[i], options[i],
+                               generated[i], encoder_output))
+    return out
+
+
+def _languages(loaded: LoadedModel, windows: Sequence[Window],
+               encoded: ctranslate2.StorageView) -> list[tuple[str, float]]:
+    """Each window's language and its probability: given, English, or detected."""
+    if not loaded.multilingual:
+        return [("en", 1.0)] * len(windows)
+    detected: list = []
+    if any(w.options.language is None for w in windows):
+        detected = loaded.model.model.detect_language(encoded)
+    return [(w.options.language, 1.0) if w.options.language
+            else (detected[i][0][0][2:-2], detected[i][0][1]) for i, w in enumerate(windows)]
+
+
+def _generate(loaded: LoadedModel, encoded: ctranslate2.StorageView, prompts: list[list[int]],
+              tokenizers: list[Tokenizer], opts: TranscriptionOptions) -> list[tuple]:
+    """One batched beam search at one temperature; per window, what faster-whisper's
+    `generate_with_fallback` returns for it (result, avg_logprob, temperature, ratio)."""
+    model = loaded.model
+    temperature = opts.temperatures[0]
+    search = {"beam_size": 1, "num_hypotheses": opts.best_of, "sampling_topk": 0,
+              "sampling_temperature": temperature} if temperature > 0 \
+        else {"beam_size": opts.beam_size, "patience": opts.patience}
+    results = model.model.generate(
+        encoded, prompts, length_penalty=opts.length_penalty,
+        repetition_penalty=opts.repetition_penalty,
+        no_repeat_ngram_size=opts.no_repeat_ngram_size, max_length=model.max_length,
+        return_scores=True, return_no_speech_prob=True, suppress_blank=opts.suppress_blank,
+        suppress_tokens=opts.suppress_tokens,
+        max_initial_timestamp_index=int(round(opts.max_initial_timestamp
+                                              / model.time_precision)),
+        **search)
+    out = []
+    for result, tokenizer in zip(results, tokenizers):
+        tokens = result.sequences_ids[0]
+        avg_logprob = result.scores[0] * len(tokens) ** opts.length_penalty / (len(tokens) + 1)
+        ratio = get_compression_ratio(tokenizer.decode(tokens).strip())
+        out.append((result, avg_logprob, temperature, ratio))
+    return out
+
+
+def _transcript(loaded: LoadedModel, window: Window, language: tuple[str, float],
+                tokenizer: Tokenizer, opts: TranscriptionOptions, generated: tuple,
+                encoder_output: ctranslate2.StorageView) -> Transcript:
+    result, avg_logprob, temperature, compression_ratio = generated
+    parts = split_segments(result.sequences_ids[0], tokenizer.timestamp_begin, window.duration)
+    if window.options.word_timestamps and parts:
+        loaded.model.add_word_timestamps([parts], tokenizer, encoder_output, window.frames,
+                                         opts.prepend_punctuations, opts.append_punctuations,
+                                         last_speech_timestamp=0.0)
+    out = []
+    for part in parts:
+        text = tokenizer.decode(part["tokens"])
+        if not text.strip():
+            continue
+        words = tuple(Word(w["start"], w["end"], w["word"], w["probability"])
+                      for w in part.get("words", ()))
+        out.append(Segment(len(out) + 1, part["start"], part["end"], text, words,
+                           avg_logprob, result.no_speech_prob, compression_ratio,
+                           temperature, tuple(part["tokens"])))
+    return Transcript(language[0], language[1], window.duration, tuple(out))
+
+
+def _temperatures(opts: TranscribeOptions) -> tuple[float, ...]:
+    return opts.temperature if isinstance(opts.temperature, tuple) else (opts.temperature,)
 
 
 def _window_options(opts: TranscribeOptions, tokenizer: Tokenizer) -> TranscriptionOptions:
     """faster-whisper's decoding options with its own `transcribe` defaults (the window path
     must decode as `transcribe` does: test_window_path_matches_faster_whisper)."""
-    temperatures = opts.temperature if isinstance(opts.temperature, tuple) \
-        else (opts.temperature,)
     return TranscriptionOptions(
         beam_size=opts.beam_size, best_of=5, patience=1.0, length_penalty=1.0,
         repetition_penalty=1.0, no_repeat_ngram_size=0, log_prob_threshold=-1.0,
         no_speech_threshold=0.6, compression_ratio_threshold=2.4,
         condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
-        temperatures=list(temperatures), initial_prompt=None, prefix=None,
+        temperatures=list(_temperatures(opts)), initial_prompt=None, prefix=None,
         suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
         without_timestamps=False, max_initial_timestamp=1.0,
         word_timestamps=opts.word_timestamps, prepend_punctuations="\"'“¿([{-",

@@ -234,6 +234,9 @@ def test_api_key(client_for):
     with client.websocket_connect("/v1/stream?api_key=s3cret") as ws:
         ws.send_json({"type": "config"})
         assert ws.receive_json()["type"] == "ready"
+        # A whole exchange: leaving right after `ready` races TestClient's own teardown.
+        ws.send_json({"type": "end"})
+        assert ws.receive_json()["type"] == "done"
 
 
 def test_openai_client(client_for, base):

@@ -110,8 +110,10 @@ def test_rolling_context_with_real_inference(model_manager, tiny_en, monkeypatch
         second = [e for _, e in replay(session, audio, "fast")]
     assert grown.startswith("Foxes.") and len(session.context.committed_words) > 5
     assert normalize(first).split()[-3:] == normalize(grown).split()[-3:]
-    later = prompts[-1]
-    assert later.startswith("Foxes.") and normalize(first) in normalize(later)
+    # Sent as tokens, cut to a multiple of PROMPT_STEP: the oldest words may be missing.
+    later = tiny_en.model.hf_tokenizer.decode(list(prompts[-1])).strip()
+    assert later.startswith("Foxes.")
+    assert " ".join(normalize(first).split()[-6:]) in normalize(later)
     assert finals(second)
 
 

@@ -1,12 +1,21 @@
 """File transcription with real models on real speech (Piper's neural voice for English,
 espeak-ng for German and Spanish)."""
 
+import dataclasses
+
 import pytest
 from faster_whisper import WhisperModel
 
 from tests.conftest import assert_wer, english_wer, read_wav, reference
+from whisper_service.context import init_context
 from whisper_service.text import normalize
-from whisper_service.transcribe import Decoder, DecodeRequest, TranscribeOptions
+from whisper_service.transcribe import (
+    Decoder,
+    DecodeRequest,
+    TranscribeOptions,
+    decode_windows,
+    prepare_window,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +109,7 @@ def test_thin_layer_gives_faster_whispers_text(base):
     assert ours.text == "".join(s.text for s in segments).strip()
 
 
-# `_decode_window` calls faster-whisper internals (encode, get_prompt, generate_with_fallback,
+# `decode_windows` calls faster-whisper internals (encode, get_prompt, generate_with_fallback,
 # add_word_timestamps), so the pin in pyproject.toml is to the tested minor version and this
 # checks that the window path still agrees with faster-whisper's own `transcribe`.
 @pytest.mark.parametrize("name, prompt, prefix", [
@@ -113,8 +122,10 @@ def test_window_path_matches_faster_whisper(tiny_en, name, prompt, prefix):
     settings = dict(language="en", beam_size=5, word_timestamps=True, vad_filter=False,
                     initial_prompt=prompt, prefix=prefix, temperature=0.0,
                     condition_on_previous_text=False)
-    ours = Decoder(tiny_en).decode(DecodeRequest(audio, TranscribeOptions(**settings),
-                                                 window=True))
+    # At faster-whisper's own padding (30 s; the service pads streaming windows less).
+    at_30 = dataclasses.replace(tiny_en, window_pad_s=30.0, scheduler=None)
+    ours = Decoder(at_30).decode(DecodeRequest(audio, TranscribeOptions(**settings),
+                                               window=True))
     # faster-whisper decodes what is left after the window's last timestamp as one more
     # window (here trailing silence, where it may invent "Thanks for watching"); the window
     # path leaves that out on purpose, so only the first window's segments are compared.
@@ -124,3 +135,34 @@ def test_window_path_matches_faster_whisper(tiny_en, name, prompt, prefix):
     for a, b in zip(ours.segments, theirs):
         assert abs(a.start - b.start) <= 0.02 and abs(a.end - b.end) <= 0.02, (a, b)
         assert [w.word for w in a.words] == [w.word for w in b.words]
+
+
+def test_batched_windows_equal_windows_decoded_alone(tiny_en):
+    """Four sessions' windows (different audio, lengths, forced prefixes, one prompt length)
+    in one batch give what each gives alone: same text, word times within 20 ms."""
+    context = init_context(tiny_en.model.hf_tokenizer, "Speech, LocalAgreement.")
+    context.append("Automatic speech recognition turns spoken words into written text. Modern")
+    prompt = context.tokens()
+    cuts = [("en_passage", 0, 6, None), ("en_passage", 4, 12, "Modern systems"),
+            ("en_long", 10, 19, None), ("en_numbers", 0, 9, "The order")]
+    windows = []
+    for name, start, end, prefix in cuts:
+        audio = read_wav_data(name)[start * 16000:end * 16000]
+        options = TranscribeOptions(language="en", beam_size=5, word_timestamps=True,
+                                    vad_filter=False, initial_prompt=prompt, prefix=prefix,
+                                    temperature=0.0, condition_on_previous_text=False)
+        windows.append(prepare_window(tiny_en, DecodeRequest(audio, options, window=True)))
+    assert len({w.key for w in windows}) == 1, "precondition: one batch"
+    batched = decode_windows(tiny_en, windows)
+    for window, together in zip(windows, batched):
+        alone = decode_windows(tiny_en, [window])[0]
+        assert together.text == alone.text and len(alone.text.split()) >= 10
+        a = [w for s in alone.segments for w in s.words]
+        b = [w for s in together.segments for w in s.words]
+        assert [w.word for w in a] == [w.word for w in b]
+        assert all(abs(x.start - y.start) <= 0.02 and abs(x.end - y.end) <= 0.02
+                   for x, y in zip(a, b))
+    # Through the model's scheduler, as sessions call it, the results are the same again.
+    requests = [DecodeRequest(read_wav_data(n)[s * 16000:e * 16000], w.options, window=True)
+                for (n, s, e, _), w in zip(cuts, windows)]
+    assert [Decoder(tiny_en).decode(r).text for r in requests] == [t.text for t in batched]

@@ -126,3 +126,13 @@ def test_credits_start_finds_where_the_credits_begin():
     assert credits_start(["Subtitles", "by", "the", "Amara.org", "community"]) == 0
     assert credits_start("thanks for the help".split()) is None
     assert credits_start([]) is None
+
+
+def test_a_long_phrase_written_twice_is_a_loop_a_short_one_is_not():
+    sentence = "it should also keep memory flat over long sessions".split()
+    assert loop_start(["and", *sentence, *sentence]) == 1 + len(sentence)
+    # Four words twice can be speech ("I said no to that, I said no to that" is rarer, but
+    # "one two three four, one two three four" is counting): three times is needed.
+    assert loop_start("one two three four one two three four".split()) is None
+    # A long phrase repeated, then speech going on, is not a loop.
+    assert loop_start([*sentence, *sentence, "today"]) is None

@@ -143,3 +143,24 @@ def test_workers_and_threads_from_settings(workers, threads, concurrent, expecte
     settings = Settings(num_workers=workers, cpu_threads=threads, cache_dir=tmp_path)
     m = ModelManager.from_settings(settings, concurrent=concurrent)
     assert (m.num_workers, m.cpu_threads) == expected
+
+
+@pytest.mark.parametrize("batching, max_batch", [(True, 8), (False, None)])
+def test_batching_settings_give_each_model_one_scheduler(monkeypatch, tmp_path, batching,
+                                                         max_batch):
+    monkeypatch.setattr(registry, "resolve", lambda name, cache: tmp_path / name)
+    monkeypatch.setattr(ModelManager, "_load",
+                        lambda self, path: SimpleNamespace(model=FakeWeights(), path=path))
+    settings = Settings(batching=batching, max_batch_size=8, batch_wait_ms=5,
+                        window_pad_s=12, cache_dir=tmp_path)
+    m = ModelManager.from_settings(settings, concurrent=True)
+    loaded = m.get("tiny.en")
+    assert loaded.window_pad_s == 12
+    scheduler = loaded.scheduler
+    assert (scheduler.max_batch if scheduler else None) == max_batch
+    assert m.get("tiny.en").scheduler is scheduler  # shared, like the model
+    if scheduler:
+        assert scheduler.max_wait_s == 0.005
+        m.unload("tiny.en")
+        with pytest.raises(RuntimeError, match="unloaded"):
+            scheduler.submit(SimpleNamespace(key=1))

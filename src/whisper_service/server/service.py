@@ -21,22 +21,39 @@ OPENAI_ALIASES = ("whisper-1",)  # clients written for OpenAI send this name
 
 
 class Sessions:
-    """The open streaming sessions, each with a "finish now" signal for a graceful drain."""
+    """The open streaming sessions, each with a "finish now" signal for a graceful drain, and
+    how far each lags behind its client's audio (for /metrics and for admission)."""
 
-    def __init__(self, limit: int, metrics: Metrics) -> None:
-        self.limit, self.metrics = limit, metrics
+    def __init__(self, limit: int, max_lag_s: float, metrics: Metrics) -> None:
+        self.limit, self.max_lag_s, self.metrics = limit, max_lag_s, metrics
         self._finish: dict[str, asyncio.Event] = {}
+        self._lag: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._finish)
 
+    @property
+    def mean_lag_s(self) -> float:
+        return sum(self._lag.values()) / len(self._lag) if self._lag else 0.0
+
+    def report_lag(self, session_id: str, lag_s: float) -> None:
+        self._lag[session_id] = lag_s
+        self.metrics.session_lag.labels(session_id).set(lag_s)
+
     @contextmanager
     def open(self) -> Iterator[tuple[str, asyncio.Event]]:
-        """Register a session for as long as the block runs; refuse one past the limit."""
+        """Register a session for as long as the block runs. Refuse one past the count limit,
+        or while the open ones already lag behind their audio: the decode capacity is spent,
+        whatever the count (the capacity measured in bench/capacity.py depends on the model,
+        the machine and how much the clients speak)."""
         if len(self._finish) >= self.limit:
             self.metrics.rejected.labels("busy").inc()
             raise ProtocolError("server_busy", f"server busy: {self.limit} streaming sessions "
                                 "open; retry later", 1013)
+        if self.mean_lag_s > self.max_lag_s:
+            self.metrics.rejected.labels("lagging").inc()
+            raise ProtocolError("server_busy", f"server busy: open streams lag "
+                                f"{self.mean_lag_s:.1f} s behind their audio; retry later", 1013)
         session_id, finish = uuid.uuid4().hex[:12], asyncio.Event()
         self._finish[session_id] = finish
         self.metrics.active_sessions.inc()
@@ -45,6 +62,8 @@ class Sessions:
             yield session_id, finish
         finally:
             del self._finish[session_id]
+            if self._lag.pop(session_id, None) is not None:
+                self.metrics.session_lag.remove(session_id)
             self.metrics.active_sessions.dec()
 
     async def drain(self, timeout: float = 10.0) -> None:
@@ -67,7 +86,8 @@ class Service:
     def __post_init__(self) -> None:
         self.api_key = ApiKey(self.settings.api_key)
         self.metrics = Metrics(self.manager)
-        self.sessions = Sessions(self.settings.max_sessions, self.metrics)
+        self.sessions = Sessions(self.settings.max_sessions, self.settings.max_lag_s,
+                                 self.metrics)
 
     def model_name(self, requested: str | None) -> str:
         """The model a request means: its own, or the default for none or OpenAI's alias."""

@@ -78,6 +78,8 @@ class StreamHandler:
         self.state = State.AWAITING_CONFIG
         self.session: StreamingSession | None = None
         self.config: StreamConfig | None = None
+        self.session_id = ""
+        self.received_s = 0.0  # audio read from the socket, pushed or still queued
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -86,6 +88,7 @@ class StreamHandler:
                 self.service.metrics.rejected.labels("unauthorized").inc()
                 raise ProtocolError("unauthorized", "missing or invalid API key")
             with self.service.sessions.open() as (session_id, finish):
+                self.session_id = session_id
                 try:
                     await self._open(session_id)
                     await self._stream(finish)
@@ -170,6 +173,9 @@ class StreamHandler:
         audio = [item.samples for item in items if isinstance(item, Audio)]
         if audio:
             samples = np.concatenate(audio)
+            # Behind the client: what the session holds undecoded, plus what queued meanwhile.
+            behind = self.received_s - self.session.stats["audio_s"] + self.session.lag_s
+            self.service.sessions.report_lag(self.session_id, behind)
             self.service.metrics.audio_seconds.labels("stream").inc(len(samples) / SAMPLE_RATE)
             await self._send_events(await run_in_threadpool(self.session.push, samples))
         for item in items:
@@ -192,7 +198,10 @@ class StreamHandler:
                 return await queue.put(Idle(exc))
             data = message.get("bytes")
             if data is not None:
-                await queue.put(self._audio(data, resample))
+                item = self._audio(data, resample)
+                if isinstance(item, Audio):
+                    self.received_s += len(item.samples) / SAMPLE_RATE
+                await queue.put(item)
                 continue
             try:
                 kind = parse_json(message.get("text") or "")["type"]

@@ -1,0 +1,258 @@
+"""Capacity: how many real-time streams one server holds, with batching on and off.
+
+For each model and each batching mode, starts `whisper-service serve` on a free port, then for
+each N runs N concurrent WebSocket clients over loopback. Client i streams a different
+sequence of the committed passages (tests/data: en_passage, en_numbers, en_term, en_short,
+rotated by i, `--clips` of them with 1 s of silence between) in 100 ms pcm_s16le frames paced
+by the wall clock, starting within the first second. Per N: latency of every committed word
+(arrival of its `final` minus the moment the word's audio was sent), median, p90 and max; each
+client's WER against its own reference; the server's CPU use (share of all cores) and peak
+RSS; and the longest wait for the last final after `end` (a client that fell behind waits
+long). Capacity is the largest N with p90 <= 2.0 s and every client's WER at most its
+single-client WER + 0.02.
+
+    .venv/bin/python bench/capacity.py [--models tiny.en base] [--clients 1 2 4 8 12 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+from jiwer import wer
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+
+from server import free_port, percentile, read_pcm, rss_mb, wait_ready
+from whisper_service.text import normalize
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+PASSAGES = ("en_passage", "en_numbers", "en_term", "en_short")
+FRAME_S = 0.1
+SAMPLE_RATE = 16000
+GAP_S = 1.0
+P90_TARGET_S = 2.0
+WER_SLACK = 0.02
+
+
+@dataclass
+class Stream:
+    pcm: bytes
+    reference: str
+
+
+@dataclass
+class ClientResult:
+    latencies: list[float] = field(default_factory=list)
+    finals: list[str] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    tail_s: float = float("nan")  # from sending `end` to `done`
+    wer: float = float("nan")
+
+
+def stream_for(client: int, clips: int) -> Stream:
+    names = [PASSAGES[(client + k) % len(PASSAGES)] for k in range(clips)]
+    gap = bytes(int(GAP_S * SAMPLE_RATE) * 2)
+    pcm = gap.join(read_pcm(DATA / f"{n}.wav") for n in names)
+    return Stream(pcm, normalize(" ".join((DATA / f"{n}.txt").read_text() for n in names)))
+
+
+async def run_client(url: str, model: str, stream: Stream, delay: float) -> ClientResult:
+    await asyncio.sleep(delay)
+    result = ClientResult()
+    frame_bytes = int(FRAME_S * SAMPLE_RATE) * 2
+    config = {"type": "config", "model": model, "language": "en", "word_timestamps": True}
+    async with connect(url, max_size=2**22) as ws:
+        await ws.send(json.dumps(config))
+        ready = json.loads(await ws.recv())
+        if ready.get("type") != "ready":
+            result.errors.append(ready)
+            return result
+        t0 = time.perf_counter()
+        ended: list[float] = []
+
+        async def sender() -> None:
+            for i, offset in enumerate(range(0, len(stream.pcm), frame_bytes)):
+                pause = t0 + (i + 1) * FRAME_S - time.perf_counter()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                await ws.send(stream.pcm[offset:offset + frame_bytes])
+            await ws.send(json.dumps({"type": "end"}))
+            ended.append(time.perf_counter())
+
+        sending = asyncio.create_task(sender())
+        try:
+            async for raw in ws:
+                arrived = time.perf_counter()
+                message = json.loads(raw)
+                if message["type"] == "final":
+                    result.finals.append(message["text"])
+                    result.latencies += [arrived - t0 - w["end"] for w in message["words"]]
+                elif message["type"] == "error":
+                    result.errors.append(message)
+                elif message["type"] == "done" and ended:
+                    result.tail_s = arrived - ended[0]
+        finally:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+    result.wer = wer(stream.reference, normalize(" ".join(result.finals)) or "<empty>")
+    return result
+
+
+async def run_round(url: str, model: str, n: int, clips: int,
+                    server: psutil.Process) -> tuple[list[ClientResult], float, float]:
+    """N clients at once; their results, the server's CPU share of all cores, its peak RSS."""
+    peak, stop = rss_mb(server), asyncio.Event()
+
+    async def sampler() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss_mb(server))
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+    cpu0, wall0 = sum(server.cpu_times()[:2]), time.monotonic()
+    sampling = asyncio.create_task(sampler())
+    try:
+        results = await asyncio.gather(*(
+            run_client(url, model, stream_for(i, clips), delay=i / max(n, 1))
+            for i in range(n)))
+    finally:
+        stop.set()
+        await sampling
+    cpu = (sum(server.cpu_times()[:2]) - cpu0) / (time.monotonic() - wall0) / os.cpu_count()
+    return list(results), cpu, max(peak, rss_mb(server))
+
+
+def batch_counts(base: str) -> tuple[float, float, float]:
+    """(batches, windows, seconds queued) so far, summed over models, from /metrics."""
+    batches = windows = waited = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "whisper_batch_size_count":
+                batches += sample.value
+            elif sample.name == "whisper_batch_size_sum":
+                windows += sample.value
+            elif sample.name == "whisper_decode_queue_wait_seconds_total":
+                waited += sample.value
+    return batches, windows, waited
+
+
+def serve(model: str, batching: bool, counts: list[int], clips: int) -> list[dict]:
+    port = free_port()
+    env = {**os.environ, "WHISPER_SERVICE_BATCHING": "true" if batching else "false",
+           "WHISPER_SERVICE_MAX_SESSIONS": str(max(counts))}
+    env.pop("WHISPER_SERVICE_API_KEY", None)
+    exe = Path(sys.executable).with_name("whisper-service")
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([str(exe), "serve", "--model", model, "--port", str(port),
+                             "--log-level", "warning"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    rows = []
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, {})
+        server = psutil.Process(proc.pid)
+        for n in counts:
+            before = batch_counts(f"http://127.0.0.1:{port}")
+            results, cpu, peak = asyncio.run(run_round(f"ws://127.0.0.1:{port}/v1/stream",
+                                                       model, n, clips, server))
+            batches, windows, waited = (b - a for a, b in
+                                        zip(before, batch_counts(f"http://127.0.0.1:{port}")))
+            rows.append({"n": n, "results": results, "cpu": cpu, "rss": peak,
+                         "batch": windows / batches if batches else float("nan"),
+                         "queued": waited / windows if windows else float("nan")})
+            time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.seek(0)
+        text = log.read()
+        if "Traceback" in text or os.environ.get("SHOWLOG"):
+            print(f"--- server log ({model}, batching {batching}) ---\n{text}", file=sys.stderr)
+    return rows
+
+
+def capacity(rows: list[dict]) -> int:
+    """The largest N such that it and every smaller N meet the targets. A client's own
+    baseline WER is its sequence's WER in the round with the fewest clients that streamed it
+    (one client streams sequence 0; sequences 1-3 first run in the 2- and 4-client rounds)."""
+    alone: dict[int, float] = {}
+    for row in rows:
+        for i, r in enumerate(row["results"]):
+            alone.setdefault(i % len(PASSAGES), r.wer)
+    best = 0
+    for row in rows:
+        lat = [x for r in row["results"] for x in r.latencies]
+        if not lat or percentile(lat, 0.9) > P90_TARGET_S or any(
+                r.errors or r.wer > alone[i % len(PASSAGES)] + WER_SLACK
+                for i, r in enumerate(row["results"])):
+            break
+        best = row["n"]
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 2, 4, 8, 12, 16])
+    parser.add_argument("--clips", type=int, default=2,
+                        help="passages each client streams, one after another")
+    parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"],
+                        help="batching modes to run")
+    args = parser.parse_args()
+    counts = sorted(set(args.clients) | {1})
+
+    print(f"capacity: {os.cpu_count()} cores; each client streams {args.clips} passage(s) in "
+          f"real time; targets: p90 <= {P90_TARGET_S} s, WER <= single-client + {WER_SLACK}\n")
+    print("| model | batching | clients | latency median s | p90 s | max s | WER mean / worst "
+          "| CPU % of all cores | windows per batch | queued per window s | server peak RSS MB "
+          "| longest wait for done after end s | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    summary = []
+    for model in args.models:
+        for mode in args.modes:
+            rows = serve(model, mode == "on", counts, args.clips)
+            for row in rows:
+                res = row["results"]
+                lat = [x for r in res for x in r.latencies]
+                wers = [r.wer for r in res]
+                tails = [r.tail_s for r in res if not np.isnan(r.tail_s)]
+                errors = sum(len(r.errors) for r in res)
+                print(f"| {model} | {mode} | {row['n']} | "
+                      f"{statistics.median(lat) if lat else float('nan'):.2f} | "
+                      f"{percentile(lat, 0.9):.2f} | {max(lat, default=float('nan')):.2f} | "
+                      f"{statistics.mean(wers):.3f} / {max(wers):.3f} | {100 * row['cpu']:.0f} "
+                      f"| {row['batch']:.2f} | {row['queued']:.2f} | {row['rss']:.0f} "
+                      f"| {max(tails, default=float('nan')):.2f} "
+                      f"| {errors} |", flush=True)
+            summary.append((model, mode, capacity(rows)))
+    print()
+    for model, mode, n in summary:
+        print(f"capacity of {model}, batching {mode}: {n} clients")
+    for model in args.models:
+        caps = {mode: n for m, mode, n in summary if m == model}
+        if caps.get("on") and caps.get("off"):
+            print(f"{model}: batching on / off = {caps['on'] / caps['off']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""BatchScheduler: many sessions' decode requests, run together as batches on one model.
+
+Sessions call `decode(request)` and block, exactly as they would on the model itself. Behind
+that call, a dispatcher thread waits for a free decode slot (the model's `num_workers`, which
+file decodes share window by window), then takes the oldest pending request together with
+every compatible request that waits behind it, up to `max_batch`, and runs them as one batch.
+
+- Oldest first: a batch always contains the oldest request, so nothing starves, and a long
+  file still takes turns with the streams.
+- No wait for one request alone: a lone client's latency stays what it was without batching.
+  With several pending, the dispatcher waits at most `max_wait_s` for the batch to fill.
+- Nothing here knows about models or devices: `run` decodes a batch, `key` says which
+  requests may share one (the same padded length, for instance).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Job(Generic[R, T]):
+    request: R
+    key: Hashable
+    future: Future[T] = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class SchedulerClosed(RuntimeError):
+    """The model behind the scheduler was unloaded."""
+
+
+class BatchScheduler(Generic[R, T]):
+    """Runs `run(requests) -> results` on batches of compatible requests, oldest first."""
+
+    def __init__(self, run: Callable[[Sequence[R]], Sequence[T]], key: Callable[[R], Hashable],
+                 slots: threading.Semaphore, workers: int, max_batch: int = 8,
+                 max_wait_s: float = 0.02, name: str = "batch") -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self._run, self._key, self._slots = run, key, slots
+        self.batch_sizes: Counter[int] = Counter()  # batches run, by size (for /metrics)
+        self.wait_s_total = 0.0  # time requests spent queued, summed
+        self._pending: deque[_Job[R, T]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._dispatcher = threading.Thread(target=self._dispatch, name=f"{name}-dispatch",
+                                            daemon=True)
+        self._dispatcher.start()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a batch (not counting the ones running)."""
+        return len(self._pending)
+
+    def submit(self, request: R) -> Future[T]:
+        job: _Job[R, T] = _Job(request, self._key(request))
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosed("the model was unloaded")
+            self._pending.append(job)
+            self._cond.notify_all()
+        return job.future
+
+    def decode(self, request: R) -> T:
+        """Submit and wait: the blocking call sessions make."""
+        return self.submit(request).result()
+
+    def close(self) -> None:
+        """Fail what is still queued, let running batches finish, stop the threads."""
+        with self._cond:
+            self._closed = True
+            pending, self._pending = list(self._pending), deque()
+            self._cond.notify_all()
+        for job in pending:
+            job.future.set_exception(SchedulerClosed("the model was unloaded"))
+        self._dispatcher.join(timeout=5)
+        self._pool.shutdown(wait=True)
+
+    # -- the dispatcher thread ------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closed)
+                if self._closed:
+                    return
+            self._slots.acquire()  # a decode slot is free: form a batch now
+            batch = self._take()
+            if not batch:
+                self._slots.release()
+                continue
+            self._pool.submit(self._execute, batch)
+
+    def _take(self) -> list[_Job[R, T]]:
+        """The oldest job and the compatible ones behind it; waits only if others pend."""
+        with self._cond:
+            if len(self._pending) > 1 and self.max_batch > 1:
+                deadline = time.monotonic() + self.max_wait_s
+                while not self._closed and self._compatible() < self.max_batch:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            if not self._pending:
+                return []
+            key = self._pending[0].key
+            batch = [job for job in self._pending if job.key == key][:self.max_batch]
+            taken = set(map(id, batch))
+            self._pending = deque(job for job in self._pending if id(job) not in taken)
+            return batch
+
+    def _compatible(self) -> int:
+        key = self._pending[0].key
+        return sum(job.key == key for job in self._pending)
+
+    def _execute(self, batch: list[_Job[R, T]]) -> None:
+        try:
+            started = time.monotonic()
+            with self._cond:
+                self.batch_sizes[len(batch)] += 1
+                self.wait_s_total += sum(started - job.queued_at for job in batch)
+            try:
+                results = list(self._run([job.request for job in batch]))
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
+            except BaseException as exc:  # every waiting session hears of it; others go on
+                for job in batch:
+                    job.future.set_exception(exc)
+                return
+            for job, result in zip(batch, results):
+                job.future.set_result(result)
+        finally:
+            self._slots.release()

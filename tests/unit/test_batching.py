@@ -1,0 +1,140 @@
+"""BatchScheduler with a fake batch runner: grouping, order, waiting and failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import wait
+
+import pytest
+
+from whisper_service.batching import BatchScheduler, SchedulerClosed
+
+
+class Runner:
+    """Records each batch; blocks while `gate` is closed, so tests can pile up requests."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, int]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+
+    def __call__(self, requests):
+        self.started.set()
+        self.gate.wait(10)
+        self.batches.append(list(requests))
+        if any(r[0] == "boom" for r in requests):
+            raise ValueError("bad window")
+        return [f"{key}:{n}" for key, n in requests]
+
+
+def scheduler(runner: Runner, workers: int = 1, max_batch: int = 4, max_wait_s: float = 0.02):
+    return BatchScheduler(runner, key=lambda r: r[0], slots=threading.Semaphore(workers),
+                          workers=workers, max_batch=max_batch, max_wait_s=max_wait_s)
+
+
+def blocked(runner: Runner, s: BatchScheduler):
+    """Occupy the only worker, so that what is submitted next waits in the queue."""
+    runner.gate.clear()
+    first = s.submit(("a", 0))
+    assert runner.started.wait(5)
+    return first
+
+
+def test_compatible_requests_share_a_batch_oldest_first_up_to_the_cap():
+    runner = Runner()
+    s = scheduler(runner, max_batch=3)
+    first = blocked(runner, s)
+    futures = [s.submit(r) for r in [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("a", 4)]]
+    runner.gate.set()
+    wait([first, *futures], timeout=10)
+    assert [f.result() for f in futures] == ["a:1", "b:1", "a:2", "a:3", "a:4"]
+    # The oldest waiting request leads each batch; incompatible ones never mix.
+    assert runner.batches == [[("a", 0)], [("a", 1), ("a", 2), ("a", 3)], [("b", 1)],
+                              [("a", 4)]]
+    assert s.batch_sizes == {1: 3, 3: 1}
+    assert s.depth == 0
+    s.close()
+
+
+def test_one_request_alone_runs_without_waiting_for_a_batch():
+    runner = Runner()
+    s = scheduler(runner, max_wait_s=5.0)  # a wait would be plain to see
+    started = time.monotonic()
+    assert s.decode(("a", 1)) == "a:1"
+    assert time.monotonic() - started < 2.0
+    s.close()
+
+
+def test_several_pending_wait_at_most_max_wait_for_the_batch_to_fill():
+    runner = Runner()
+    s = scheduler(runner, max_batch=8, max_wait_s=0.3)
+    first = blocked(runner, s)
+    futures = [s.submit(("a", n)) for n in (1, 2)]
+    runner.gate.set()
+    started = time.monotonic()
+    time.sleep(0.1)
+    late = s.submit(("a", 3))  # arrives within the wait: joins the batch
+    wait([first, *futures, late], timeout=10)
+    assert runner.batches[1] == [("a", 1), ("a", 2), ("a", 3)]
+    assert time.monotonic() - started < 3.0
+    s.close()
+
+
+def test_a_failing_batch_fails_only_its_requests():
+    runner = Runner()
+    s = scheduler(runner)
+    first = blocked(runner, s)
+    bad, good = s.submit(("boom", 1)), s.submit(("a", 1))
+    runner.gate.set()
+    assert first.result(10) == "a:0"
+    with pytest.raises(ValueError, match="bad window"):
+        bad.result(10)
+    assert good.result(10) == "a:1"
+    assert s.decode(("a", 2)) == "a:2"  # still serving
+    s.close()
+
+
+def test_two_workers_run_two_batches_at_once():
+    slots = threading.Semaphore(2)
+    both = threading.Barrier(2, timeout=5)
+
+    def run(requests):
+        both.wait()  # only passes if two batches run concurrently
+        return [r for r in requests]
+
+    s = BatchScheduler(run, key=lambda r: r, slots=slots, workers=2, max_batch=4)
+    a, b = s.submit("x"), s.submit("y")
+    assert (a.result(10), b.result(10)) == ("x", "y")
+    s.close()
+
+
+def test_close_fails_what_is_queued_and_refuses_more():
+    runner = Runner()
+    s = scheduler(runner)
+    first = blocked(runner, s)
+    queued = s.submit(("b", 1))
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    with pytest.raises(SchedulerClosed):
+        queued.result(10)
+    runner.gate.set()
+    closer.join(10)
+    assert first.result(10) == "a:0"
+    with pytest.raises(SchedulerClosed):
+        s.submit(("a", 9))
+
+
+def test_file_decodes_share_the_slots():
+    """A slot held elsewhere (a file decoding a window) delays batches until it is free."""
+    runner = Runner()
+    slots = threading.Semaphore(1)
+    s = BatchScheduler(runner, key=lambda r: r[0], slots=slots, workers=1)
+    slots.acquire()
+    future = s.submit(("a", 1))
+    time.sleep(0.2)
+    assert not future.done()
+    slots.release()
+    assert future.result(10) == "a:1"
+    s.close()
