@@ -230,7 +230,8 @@ def prepare_window(loaded: LoadedModel, request: DecodeRequest) -> Window:
 def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Transcript]:
     """One encoder pass and one generation over windows of at most 30 s, in one batch.
 
-    The results equal those of decoding each window alone (test_batched_equals_alone).
+    The results equal those of decoding each window alone
+    (test_batched_windows_equal_windows_decoded_alone).
     faster-whisper's `transcribe` re-decodes a last segment that has no closing timestamp
     as a second window, paying the encoder again. In a stream that segment is simply the
     speech still going on, so it is kept, with words running to the end.
