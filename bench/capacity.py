@@ -36,13 +36,12 @@ from jiwer import wer
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from server import free_port, percentile, read_pcm, rss_mb, wait_ready
+from server import free_port, percentile, read_pcm, rss_mb, send_paced, wait_ready
 from whisper_service.text import normalize
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 PASSAGES = ("en_passage", "en_numbers", "en_term", "en_short")
-FRAME_S = 0.1
 SAMPLE_RATE = 16000
 GAP_S = 1.0
 P90_TARGET_S = 2.0
@@ -74,7 +73,6 @@ def stream_for(client: int, clips: int) -> Stream:
 async def run_client(url: str, model: str, stream: Stream, delay: float) -> ClientResult:
     await asyncio.sleep(delay)
     result = ClientResult()
-    frame_bytes = int(FRAME_S * SAMPLE_RATE) * 2
     config = {"type": "config", "model": model, "language": "en", "word_timestamps": True}
     async with connect(url, max_size=2**22) as ws:
         await ws.send(json.dumps(config))
@@ -84,17 +82,7 @@ async def run_client(url: str, model: str, stream: Stream, delay: float) -> Clie
             return result
         t0 = time.perf_counter()
         ended: list[float] = []
-
-        async def sender() -> None:
-            for i, offset in enumerate(range(0, len(stream.pcm), frame_bytes)):
-                pause = t0 + (i + 1) * FRAME_S - time.perf_counter()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                await ws.send(stream.pcm[offset:offset + frame_bytes])
-            await ws.send(json.dumps({"type": "end"}))
-            ended.append(time.perf_counter())
-
-        sending = asyncio.create_task(sender())
+        sending = asyncio.create_task(send_paced(ws, stream.pcm, t0, ended))
         try:
             async for raw in ws:
                 arrived = time.perf_counter()

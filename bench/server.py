@@ -115,9 +115,21 @@ def wait_ready(base: str, proc: subprocess.Popen, headers: dict,
     raise RuntimeError(f"server not ready after {timeout:.0f} s")
 
 
+async def send_paced(ws, pcm: bytes, t0: float, ended_at: list[float]) -> None:
+    """Send 16-bit PCM as a microphone delivers it, then `end`; note when `end` went out."""
+    frame_bytes = int(FRAME_S * SAMPLE_RATE) * 2
+    for i, offset in enumerate(range(0, len(pcm), frame_bytes)):
+        # A frame is delivered once it has been recorded: frame i at (i+1)*100 ms.
+        delay = t0 + (i + 1) * FRAME_S - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await ws.send(pcm[offset:offset + frame_bytes])
+    await ws.send(json.dumps({"type": "end"}))
+    ended_at.append(time.perf_counter())
+
+
 async def run_client(url: str, headers: dict, pcm: bytes, reference: str) -> ClientResult:
     result = ClientResult()
-    frame_bytes = int(FRAME_S * SAMPLE_RATE) * 2
     config = {"type": "config", "model": MODEL, "language": "en", "word_timestamps": True}
     async with connect(url, additional_headers=headers, max_size=2**22) as ws:
         await ws.send(json.dumps(config))
@@ -126,18 +138,7 @@ async def run_client(url: str, headers: dict, pcm: bytes, reference: str) -> Cli
             raise RuntimeError(f"expected ready, got {ready}")
         t0 = time.perf_counter()
         ended_at: list[float] = []
-
-        async def sender() -> None:
-            for i, offset in enumerate(range(0, len(pcm), frame_bytes)):
-                # A microphone delivers a frame once it has been recorded: frame i at (i+1)*100 ms.
-                delay = t0 + (i + 1) * FRAME_S - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await ws.send(pcm[offset:offset + frame_bytes])
-            await ws.send(json.dumps({"type": "end"}))
-            ended_at.append(time.perf_counter())
-
-        send_task = asyncio.create_task(sender())
+        send_task = asyncio.create_task(send_paced(ws, pcm, t0, ended_at))
         try:
             async for raw in ws:
                 arrived = time.perf_counter()
