@@ -9,7 +9,7 @@ by the wall clock, starting within the first second. Per N: latency of every com
 client's WER against its own reference; the server's CPU use (share of all cores) and peak
 RSS; and the longest wait for the last final after `end` (a client that fell behind waits
 long). Capacity is the largest N with p90 <= 2.0 s and every client's WER at most its
-single-client WER + 0.02.
+single-client WER + 0.02: before the rounds, each sequence is streamed by one client alone.
 
     .venv/bin/python bench/capacity.py [--models tiny.en base] [--clients 1 2 4 8 12 16]
 """
@@ -101,9 +101,10 @@ async def run_client(url: str, model: str, stream: Stream, delay: float) -> Clie
     return result
 
 
-async def run_round(url: str, model: str, n: int, clips: int,
-                    server: psutil.Process) -> tuple[list[ClientResult], float, float]:
-    """N clients at once; their results, the server's CPU share of all cores, its peak RSS."""
+async def run_round(url: str, model: str, n: int, clips: int, server: psutil.Process,
+                    first: int = 0) -> tuple[list[ClientResult], float, float]:
+    """N clients at once (streaming sequences `first`, `first` + 1, ...); their results, the
+    server's CPU share of all cores, its peak RSS."""
     peak, stop = rss_mb(server), asyncio.Event()
 
     async def sampler() -> None:
@@ -119,7 +120,7 @@ async def run_round(url: str, model: str, n: int, clips: int,
     sampling = asyncio.create_task(sampler())
     try:
         results = await asyncio.gather(*(
-            run_client(url, model, stream_for(i, clips), delay=i / max(n, 1))
+            run_client(url, model, stream_for(first + i, clips), delay=i / max(n, 1))
             for i in range(n)))
     finally:
         stop.set()
@@ -142,7 +143,9 @@ def batch_counts(base: str) -> tuple[float, float, float]:
     return batches, windows, waited
 
 
-def serve(model: str, batching: bool, counts: list[int], clips: int) -> list[dict]:
+def serve(model: str, batching: bool, counts: list[int],
+          clips: int) -> tuple[list[dict], dict[int, float]]:
+    """The rounds of N clients, and each sequence's WER streamed by one client alone."""
     port = free_port()
     env = {**os.environ, "WHISPER_SERVICE_BATCHING": "true" if batching else "false",
            "WHISPER_SERVICE_MAX_SESSIONS": str(max(counts)),
@@ -153,10 +156,15 @@ def serve(model: str, batching: bool, counts: list[int], clips: int) -> list[dic
     proc = subprocess.Popen([str(exe), "serve", "--model", model, "--port", str(port),
                              "--log-level", "warning"], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
-    rows = []
+    rows, alone = [], {}
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, {})
         server = psutil.Process(proc.pid)
+        for seq in range(1, len(PASSAGES)):  # sequence 0 streams alone in the 1-client round
+            results, _, _ = asyncio.run(run_round(f"ws://127.0.0.1:{port}/v1/stream", model, 1,
+                                                  clips, server, first=seq))
+            alone[seq] = results[0].wer
+            time.sleep(1.0)
         for n in counts:
             before = batch_counts(f"http://127.0.0.1:{port}")
             results, cpu, peak = asyncio.run(run_round(f"ws://127.0.0.1:{port}/v1/stream",
@@ -166,6 +174,8 @@ def serve(model: str, batching: bool, counts: list[int], clips: int) -> list[dic
             rows.append({"n": n, "results": results, "cpu": cpu, "rss": peak,
                          "batch": windows / batches if batches else float("nan"),
                          "queued": waited / windows if windows else float("nan")})
+            if n == 1:
+                alone[0] = results[0].wer
             time.sleep(1.0)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -177,23 +187,21 @@ def serve(model: str, batching: bool, counts: list[int], clips: int) -> list[dic
         text = log.read()
         if "Traceback" in text or os.environ.get("SHOWLOG"):
             print(f"--- server log ({model}, batching {batching}) ---\n{text}", file=sys.stderr)
-    return rows
+    return rows, alone
 
 
-def capacity(rows: list[dict]) -> int:
-    """The largest N such that it and every smaller N meet the targets. A client's own
-    baseline WER is its sequence's WER in the round with the fewest clients that streamed it
-    (one client streams sequence 0; sequences 1-3 first run in the 2- and 4-client rounds)."""
-    alone: dict[int, float] = {}
-    for row in rows:
-        for i, r in enumerate(row["results"]):
-            alone.setdefault(i % len(PASSAGES), r.wer)
+def wer_rise(row: dict, alone: dict[int, float]) -> float:
+    """The largest rise of a client's WER over its sequence's baseline in this round."""
+    return max(r.wer - alone[i % len(PASSAGES)] for i, r in enumerate(row["results"]))
+
+
+def capacity(rows: list[dict], alone: dict[int, float]) -> int:
+    """The largest N such that it and every smaller N meet the targets."""
     best = 0
     for row in rows:
         lat = [x for r in row["results"] for x in r.latencies]
-        if not lat or percentile(lat, 0.9) > P90_TARGET_S or any(
-                r.errors or r.wer > alone[i % len(PASSAGES)] + WER_SLACK
-                for i, r in enumerate(row["results"])):
+        if not lat or percentile(lat, 0.9) > P90_TARGET_S or wer_rise(row, alone) > WER_SLACK \
+                or any(r.errors for r in row["results"]):
             break
         best = row["n"]
     return best
@@ -207,19 +215,21 @@ def main() -> None:
                         help="passages each client streams, one after another")
     parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"],
                         help="batching modes to run")
+    parser.add_argument("--dump", type=Path, help="write every client's finals here (JSON)")
     args = parser.parse_args()
     counts = sorted(set(args.clients) | {1})
 
     print(f"capacity: {os.cpu_count()} cores; each client streams {args.clips} passage(s) in "
           f"real time; targets: p90 <= {P90_TARGET_S} s, WER <= single-client + {WER_SLACK}\n")
     print("| model | batching | clients | latency median s | p90 s | max s | WER mean / worst "
-          "| CPU % of all cores | windows per batch | queued per window s | server peak RSS MB "
+          "| worst WER rise over single-client | CPU % of all cores | windows per batch "
+          "| queued per window s | server peak RSS MB "
           "| longest wait for done after end s | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    summary = []
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    summary, dump = [], []
     for model in args.models:
         for mode in args.modes:
-            rows = serve(model, mode == "on", counts, args.clips)
+            rows, alone = serve(model, mode == "on", counts, args.clips)
             for row in rows:
                 res = row["results"]
                 lat = [x for r in res for x in r.latencies]
@@ -229,11 +239,17 @@ def main() -> None:
                 print(f"| {model} | {mode} | {row['n']} | "
                       f"{statistics.median(lat) if lat else float('nan'):.2f} | "
                       f"{percentile(lat, 0.9):.2f} | {max(lat, default=float('nan')):.2f} | "
-                      f"{statistics.mean(wers):.3f} / {max(wers):.3f} | {100 * row['cpu']:.0f} "
+                      f"{statistics.mean(wers):.3f} / {max(wers):.3f} | "
+                      f"{wer_rise(row, alone):+.3f} | {100 * row['cpu']:.0f} "
                       f"| {row['batch']:.2f} | {row['queued']:.2f} | {row['rss']:.0f} "
                       f"| {max(tails, default=float('nan')):.2f} "
                       f"| {errors} |", flush=True)
-            summary.append((model, mode, capacity(rows)))
+                dump += [{"model": model, "batching": mode, "clients": row["n"], "client": i,
+                          "wer": r.wer, "finals": r.finals}
+                         for i, r in enumerate(res)]
+            summary.append((model, mode, capacity(rows, alone)))
+    if args.dump:
+        args.dump.write_text(json.dumps(dump, indent=1))
     print()
     for model, mode, n in summary:
         print(f"capacity of {model}, batching {mode}: {n} clients")

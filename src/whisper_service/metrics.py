@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -65,11 +68,27 @@ class _ModelCollector:
         yield waited
 
 
+class _RuntimeCollector:
+    """Threads and event-loop tasks: both return to their idle level when sessions end, so a
+    count that keeps growing is a leak (tests/e2e/test_memory.py watches them)."""
+
+    def collect(self):
+        yield GaugeMetricFamily("whisper_threads", "Threads in the process",
+                                value=threading.active_count())
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped outside the event loop
+            return
+        yield GaugeMetricFamily("whisper_event_loop_tasks", "Tasks alive on the event loop",
+                                value=tasks)
+
+
 class Metrics:
     def __init__(self, manager: ModelManager) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
         self.registry.register(_ModelCollector(manager))
+        self.registry.register(_RuntimeCollector())
         self.active_sessions = Gauge("whisper_active_sessions", "Open streaming sessions",
                                      registry=self.registry)
         self.sessions = Counter("whisper_sessions", "Streaming sessions opened",

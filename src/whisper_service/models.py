@@ -50,6 +50,7 @@ class LoadedModel:
     # waiting here first keeps the decode working memory per worker, not per session.
     slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
     window_pad_s: float = 30.0  # streaming windows are padded to a multiple of this
+    batch_beam_size: int = 0  # beam size for windows decoded in a batch; 0: their own
     scheduler: BatchScheduler[Window, Transcript] | None = None  # batches window decodes
     refs: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -75,6 +76,7 @@ class ModelManager:
         window_pad_s: float = 30.0,
         max_batch: int = 1,
         batch_wait_s: float = 0.0,
+        batch_beam_size: int = 0,
     ) -> None:
         self.device, self.compute_type = device, compute_type
         self.cpu_threads, self.num_workers = cpu_threads, num_workers
@@ -82,6 +84,7 @@ class ModelManager:
         self.max_loaded, self.idle_ttl_s = max_loaded, idle_ttl_s
         self.window_pad_s, self.max_batch, self.batch_wait_s = \
             window_pad_s, max_batch, batch_wait_s
+        self.batch_beam_size = batch_beam_size
         self._lock = threading.Lock()
         self._load_locks: dict[ModelKey, threading.Lock] = {}
         self._loaded: dict[ModelKey, LoadedModel] = {}
@@ -106,6 +109,7 @@ class ModelManager:
             window_pad_s=settings.window_pad_s,
             max_batch=settings.max_batch_size if settings.batching else 1,
             batch_wait_s=settings.batch_wait_ms / 1000,
+            batch_beam_size=settings.batch_beam_size,
         )
 
     def key(self, name: str) -> ModelKey:
@@ -140,7 +144,8 @@ class ModelManager:
             started = time.perf_counter()
             model = self._load(path)
             loaded = LoadedModel(key, model, path, time.perf_counter() - started,
-                                 threading.Semaphore(self.num_workers), self.window_pad_s)
+                                 threading.Semaphore(self.num_workers), self.window_pad_s,
+                                 self.batch_beam_size)
             if self.max_batch > 1:
                 loaded.scheduler = BatchScheduler(
                     partial(decode_windows, loaded), key=lambda window: window.key,

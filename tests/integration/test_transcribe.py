@@ -13,6 +13,7 @@ from whisper_service.transcribe import (
     Decoder,
     DecodeRequest,
     TranscribeOptions,
+    Transcript,
     decode_windows,
     prepare_window,
 )
@@ -153,15 +154,25 @@ def test_batched_windows_equal_windows_decoded_alone(tiny_en):
                                     temperature=0.0, condition_on_previous_text=False)
         windows.append(prepare_window(tiny_en, DecodeRequest(audio, options, window=True)))
     assert len({w.key for w in windows}) == 1, "precondition: one batch"
-    batched = decode_windows(tiny_en, windows)
-    for window, together in zip(windows, batched):
-        alone = decode_windows(tiny_en, [window])[0]
+
+    def assert_same(alone: Transcript, together: Transcript) -> None:
         assert together.text == alone.text and len(alone.text.split()) >= 10
         a = [w for s in alone.segments for w in s.words]
         b = [w for s in together.segments for w in s.words]
         assert [w.word for w in a] == [w.word for w in b]
         assert all(abs(x.start - y.start) <= 0.02 and abs(x.end - y.end) <= 0.02
                    for x, y in zip(a, b))
+
+    own_beam = dataclasses.replace(tiny_en, batch_beam_size=0, scheduler=None)
+    batched = decode_windows(own_beam, windows)
+    for window, together in zip(windows, batched):
+        assert_same(decode_windows(own_beam, [window])[0], together)
+    # By default a batch is decoded greedily: each window as it decodes alone at beam 1.
+    assert tiny_en.batch_beam_size == 1
+    for window, together in zip(windows, decode_windows(tiny_en, windows)):
+        greedy = dataclasses.replace(window, options=dataclasses.replace(window.options,
+                                                                         beam_size=1))
+        assert_same(decode_windows(own_beam, [greedy])[0], together)
     # Through the model's scheduler, as sessions call it, the results are the same again.
     requests = [DecodeRequest(read_wav_data(n)[s * 16000:e * 16000], w.options, window=True)
                 for (n, s, e, _), w in zip(cuts, windows)]

@@ -152,10 +152,10 @@ def test_batching_settings_give_each_model_one_scheduler(monkeypatch, tmp_path, 
     monkeypatch.setattr(ModelManager, "_load",
                         lambda self, path: SimpleNamespace(model=FakeWeights(), path=path))
     settings = Settings(batching=batching, max_batch_size=8, batch_wait_ms=5,
-                        window_pad_s=12, cache_dir=tmp_path)
+                        window_pad_s=12, batch_beam_size=2, cache_dir=tmp_path)
     m = ModelManager.from_settings(settings, concurrent=True)
     loaded = m.get("tiny.en")
-    assert loaded.window_pad_s == 12
+    assert loaded.window_pad_s == 12 and loaded.batch_beam_size == 2
     scheduler = loaded.scheduler
     assert (scheduler.max_batch if scheduler else None) == max_batch
     assert m.get("tiny.en").scheduler is scheduler  # shared, like the model

@@ -56,10 +56,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _warm_up(loaded: LoadedModel, workers: int) -> None:
-    """One decode per worker at once, so every worker has started and holds its encoder
-    buffers before the first client arrives, rather than during someone's stream."""
+    """A full batch per worker at once, so every worker has started and holds the working
+    memory of the largest batch of common (10 s) windows before the first client arrives,
+    rather than during someone's stream. The scheduler runs the first batch while the next
+    fills, so each worker gets one."""
     options = TranscribeOptions(beam_size=5, word_timestamps=True, vad_filter=False,
                                 temperature=0.0)  # beam 5, as file decodes use
     request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
     decoder = Decoder(loaded)
-    await asyncio.gather(*(run_in_threadpool(decoder.decode, request) for _ in range(workers)))
+    per_worker = loaded.scheduler.max_batch if loaded.scheduler else 1
+    await asyncio.gather(*(run_in_threadpool(decoder.decode, request)
+                           for _ in range(workers * per_worker)))

@@ -1,0 +1,104 @@
+"""Memory that stays flat: many sessions in a row, and one long session, on the real model.
+
+RSS is read after `gc` and `malloc_trim` (freed heap pages go back to the OS), so what it
+shows is memory still held. Late readings are compared with early ones by their medians,
+which a single noisy reading cannot move. These run once per suite (marker `memory`), not
+again under the other CTranslate2 backend: memory does not depend on the arithmetic.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import DATA, read_wav
+from whisper_service import memory
+from whisper_service.audio import SAMPLE_RATE
+from whisper_service.streaming import StreamingSession, StreamOptions
+
+pytestmark = pytest.mark.memory
+
+PASSAGES = ("en_long", "en_passage", "en_numbers", "en_term", "en_short")
+
+
+def rss_mb() -> float:
+    gc.collect()
+    memory.trim()
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def speech() -> np.ndarray:
+    """All committed English passages, one after another (about two minutes)."""
+    return np.concatenate([read_wav(DATA / f"{name}.wav") for name in PASSAGES])
+
+
+def test_500_short_sessions_leave_memory_flat(model_manager, tiny_en):
+    """500 sessions of 1 s of speech each, four at a time through the batch scheduler; every
+    third is dropped without `end_of_stream`, as a vanished client's is."""
+    audio, options = speech(), StreamOptions.from_settings(language="en")
+    threads_before = threading.active_count()
+
+    def one(i: int) -> int:
+        start = (i * 7919 * 16) % (len(audio) - 2 * SAMPLE_RATE)
+        with StreamingSession.open(model_manager, "tiny.en", options) as session:
+            session.push(audio[start:start + SAMPLE_RATE])
+            if i % 3:
+                session.end_of_stream()
+            return session.stats["decodes"]
+
+    readings, decodes = [], 0
+    with ThreadPoolExecutor(4) as pool:
+        for batch in range(50):
+            decodes += sum(pool.map(one, range(batch * 10, batch * 10 + 10)))
+            readings.append(rss_mb())
+    assert decodes >= 300, "the sessions must have decoded speech"
+    after_50 = statistics.median(readings[5:10])  # sessions 50 to 100
+    late = statistics.median(readings[-5:])  # the last 50
+    assert late - after_50 <= 25, f"RSS {after_50:.0f} MB after 50 sessions, {late:.0f} MB " \
+                                  f"after 500: {[round(r) for r in readings]}"
+    assert threading.active_count() <= threads_before + 4  # the pool's own threads at most
+    assert tiny_en.refs == 1, "every session gave its model reference back"
+
+
+LONG_S = 300.0  # bench/memory.py runs the same for 20 minutes
+
+
+def test_long_session_keeps_memory_and_step_cost_flat(model_manager, tiny_en):
+    """Five minutes of speech through one session, faster than real time: RSS stays flat
+    after the second minute, a step costs no more in the last minute than in the second,
+    and the rolling context never outgrows its limit."""
+    passages = speech()
+    audio = np.tile(passages, int(np.ceil(LONG_S * SAMPLE_RATE / len(passages))))
+    audio = audio[:int(LONG_S * SAMPLE_RATE)]
+    steps: list[tuple[float, float]] = []  # (audio seconds pushed, decode seconds)
+    readings: dict[int, list[float]] = {}
+    session = StreamingSession.open(model_manager, "tiny.en",
+                                    StreamOptions.from_settings(language="en"),
+                                    on_decode=lambda s: steps.append((pushed, s)))
+    limit = session.context.max_context_tokens
+    finals = 0
+    with session:
+        chunk = SAMPLE_RATE // 10
+        for i in range(0, len(audio), chunk):
+            pushed = i / SAMPLE_RATE
+            finals += sum(e.type == "final" for e in session.push(audio[i:i + chunk]))
+            assert session.context.token_count() <= limit
+            assert session.buffered_seconds <= session.options.max_buffer_s + 1
+            if i % (10 * SAMPLE_RATE) == 0:  # every 10 s of audio
+                readings.setdefault(int(pushed // 60), []).append(rss_mb())
+        session.end_of_stream()
+    assert finals >= 100, "the session must have transcribed the speech"
+    last = int(LONG_S // 60) - 1
+    second, final = statistics.median(readings[1]), statistics.median(readings[last])
+    assert final - second <= 30, f"RSS {second:.0f} MB in minute 2, {final:.0f} MB in the " \
+                                 f"last: {readings}"
+    cost = {m: statistics.median(s for t, s in steps if m * 60 <= t < (m + 1) * 60)
+            for m in (1, last)}
+    assert cost[last] <= 1.5 * cost[1], f"median step {cost[1]:.3f} s in minute 2, " \
+                                        f"{cost[last]:.3f} s in the last"
