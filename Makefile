@@ -46,6 +46,8 @@ bench: install
 	$(BIN)/python bench/transcribe.py
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/server.py
+	$(BIN)/python bench/capacity.py
+	$(BIN)/python bench/memory.py --suite
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -10,6 +10,7 @@ client's WER against its own reference; the server's CPU use (share of all cores
 RSS; and the longest wait for the last final after `end` (a client that fell behind waits
 long). Capacity is the largest N with p90 <= 2.0 s and every client's WER at most its
 single-client WER + 0.02: before the rounds, each sequence is streamed by one client alone.
+WER is counted after Whisper's English normalizer, as the tests count it.
 
     .venv/bin/python bench/capacity.py [--models tiny.en base] [--clients 1 2 4 8 12 16]
 """
@@ -32,12 +33,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-from jiwer import wer
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from server import free_port, percentile, read_pcm, rss_mb, send_paced, wait_ready
-from whisper_service.text import normalize
+from server import english_wer, free_port, percentile, read_pcm, rss_mb, send_paced, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -67,7 +66,7 @@ def stream_for(client: int, clips: int) -> Stream:
     names = [PASSAGES[(client + k) % len(PASSAGES)] for k in range(clips)]
     gap = bytes(int(GAP_S * SAMPLE_RATE) * 2)
     pcm = gap.join(read_pcm(DATA / f"{n}.wav") for n in names)
-    return Stream(pcm, normalize(" ".join((DATA / f"{n}.txt").read_text() for n in names)))
+    return Stream(pcm, " ".join((DATA / f"{n}.txt").read_text() for n in names))
 
 
 async def run_client(url: str, model: str, stream: Stream, delay: float) -> ClientResult:
@@ -97,7 +96,7 @@ async def run_client(url: str, model: str, stream: Stream, delay: float) -> Clie
         finally:
             sending.cancel()
             await asyncio.gather(sending, return_exceptions=True)
-    result.wer = wer(stream.reference, normalize(" ".join(result.finals)) or "<empty>")
+    result.wer = english_wer(stream.reference, " ".join(result.finals))
     return result
 
 

@@ -32,6 +32,7 @@ import tempfile
 import time
 import wave
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import httpx
@@ -199,6 +200,21 @@ def upload(base: str, headers: dict, path: Path, reference: str) -> str:
     text = response.json()["text"]
     return (f"upload /v1/audio/transcriptions ({path.name}): {elapsed:.2f} s, "
             f"WER {wer(reference, normalize(text) or '<empty>'):.3f}")
+
+
+def english_wer(reference: str, hypothesis: str) -> float:
+    """WER after Whisper's English normalizer, as the tests and Whisper's published WERs
+    count it ("$380" = "380 dollars", "4,172" = "4172")."""
+    normalizer = _english_normalizer()
+    return wer(normalizer(reference), normalizer(hypothesis) or "<empty>")
+
+
+@lru_cache(maxsize=1)
+def _english_normalizer():
+    """Built once: it loads a spelling table of its own."""
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -66,8 +66,9 @@ class Settings(BaseSettings):
                            "batches; off: each alone, as before")
     max_batch_size: int = Field(8, ge=1, le=64, description="windows in one batch")
     batch_beam_size: int = Field(1, ge=0, le=10, description="beam size for windows decoded "
-                                 "in a batch of two or more (1: greedy, 2.4x cheaper per window "
-                                 "than beam 5 in a batch of 8); 0: each window's own")
+                                 "under load: in a batch of two or more, or with windows "
+                                 "waiting (1: greedy, 2.4x cheaper per window than beam 5 in a "
+                                 "batch of 8); 0: each window's own")
     batch_wait_ms: float = Field(20.0, ge=0, le=500, description="longest wait for a batch "
                                  "to fill when several windows are pending (none for one)")
 

@@ -247,10 +247,12 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
     prompts = [model.get_prompt(t, list(w.previous), prefix=w.options.prefix)
                for w, t in zip(windows, tokenizers)]
     options = [_window_options(w.options, t) for w, t in zip(windows, tokenizers)]
-    if len(windows) > 1 and loaded.batch_beam_size:
-        # Under load, greedy: a batch of 8 windows took 53 ms per window against 127 ms at
-        # beam 5 (tiny.en, one thread). Streaming WER with beam 1 alone: tiny.en 0.048 vs
-        # 0.057 at beam 5, base 0.080 vs 0.060 (bench/streaming.py --beam-size 1).
+    busy = len(windows) > 1 or (loaded.scheduler is not None and loaded.scheduler.depth > 0)
+    if busy and loaded.batch_beam_size:
+        # Under load (a batch, or windows waiting behind this one), greedy: a batch of 8
+        # windows took 53 ms per window against 127 ms at beam 5 (tiny.en, one thread).
+        # Streaming WER with beam 1 alone: tiny.en 0.048 vs 0.057 at beam 5, base 0.080 vs
+        # 0.060 (bench/streaming.py --beam-size 1).
         options = [replace(o, beam_size=min(o.beam_size, loaded.batch_beam_size))
                    for o in options]
     if len(_temperatures(windows[0].options)) > 1:  # alone in its batch (Window.key)
