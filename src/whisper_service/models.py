@@ -50,7 +50,7 @@ class LoadedModel:
     # waiting here first keeps the decode working memory per worker, not per session.
     slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
     window_pad_s: float = 30.0  # streaming windows are padded to a multiple of this
-    batch_beam_size: int = 0  # beam size for windows decoded in a batch; 0: their own
+    batch_beam_size: int = 0  # beam size for windows decoded under load; 0: their own
     scheduler: BatchScheduler[Window, Transcript] | None = None  # batches window decodes
     refs: int = 0
     last_used: float = field(default_factory=time.monotonic)

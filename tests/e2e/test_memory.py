@@ -84,7 +84,9 @@ def test_50_sessions_leave_no_memory_tasks_threads_or_entries() -> None:
     assert end['whisper_model_references{model="tiny.en"}'] == 1  # the server's own
     assert not any(k.startswith("whisper_session_lag_seconds{") for k in end)
     assert end["whisper_event_loop_tasks"] <= idle["whisper_event_loop_tasks"]
-    assert end["whisper_threads"] <= after_10["whisper_threads"]
+    # The thread pool may start a few more when a dropped session's cleanup overlaps the next
+    # session; a thread per session would be 40 more.
+    assert end["whisper_threads"] <= after_10["whisper_threads"] + 4
     early, late = statistics.median(readings[10:20]), statistics.median(readings[-10:])
     assert late - early <= 25, f"server RSS {early:.0f} MB after 10 sessions, {late:.0f} MB " \
                                f"after {SESSIONS}: {[round(r) for r in readings]}"
