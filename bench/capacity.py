@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,15 +103,14 @@ async def run_client(url: str, model: str, stream: Stream, delay: float) -> Clie
 
 
 async def run_round(url: str, model: str, n: int, clips: int, server: psutil.Process,
-                    first: int = 0) -> tuple[list[ClientResult], float, float]:
+                    first: int = 0) -> tuple[list[ClientResult], float, list[float]]:
     """N clients at once (streaming sequences `first`, `first` + 1, ...); their results, the
-    server's CPU share of all cores, its peak RSS."""
-    peak, stop = rss_mb(server), asyncio.Event()
+    server's CPU share of all cores, and its RSS (MB) sampled every 0.2 s."""
+    samples, stop = [rss_mb(server)], asyncio.Event()
 
     async def sampler() -> None:
-        nonlocal peak
         while not stop.is_set():
-            peak = max(peak, rss_mb(server))
+            samples.append(rss_mb(server))
             try:
                 await asyncio.wait_for(stop.wait(), 0.2)
             except TimeoutError:
@@ -125,7 +126,8 @@ async def run_round(url: str, model: str, n: int, clips: int, server: psutil.Pro
         stop.set()
         await sampling
     cpu = (sum(server.cpu_times()[:2]) - cpu0) / (time.monotonic() - wall0) / os.cpu_count()
-    return list(results), cpu, max(peak, rss_mb(server))
+    samples.append(rss_mb(server))
+    return list(results), cpu, samples
 
 
 def batch_counts(base: str) -> tuple[float, float, float]:
@@ -142,40 +144,22 @@ def batch_counts(base: str) -> tuple[float, float, float]:
     return batches, windows, waited
 
 
-def serve(model: str, batching: bool, counts: list[int],
-          clips: int) -> tuple[list[dict], dict[int, float]]:
-    """The rounds of N clients, and each sequence's WER streamed by one client alone."""
+@contextmanager
+def serving(model: str, max_sessions: int, **env: str) -> Iterator[tuple[str, psutil.Process]]:
+    """`serve --model MODEL` on a free port, with admission by lag off (every N is measured,
+    past where admission would stop); yields its base URL and process, stops it after."""
     port = free_port()
-    env = {**os.environ, "WHISPER_SERVICE_BATCHING": "true" if batching else "false",
-           "WHISPER_SERVICE_MAX_SESSIONS": str(max(counts)),
-           "WHISPER_SERVICE_MAX_LAG_S": "1000"}  # measure every N, past where admission stops
+    env = {**os.environ, "WHISPER_SERVICE_MAX_SESSIONS": str(max_sessions),
+           "WHISPER_SERVICE_MAX_LAG_S": "1000", **env}
     env.pop("WHISPER_SERVICE_API_KEY", None)
     exe = Path(sys.executable).with_name("whisper-service")
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen([str(exe), "serve", "--model", model, "--port", str(port),
                              "--log-level", "warning"], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
-    rows, alone = [], {}
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, {})
-        server = psutil.Process(proc.pid)
-        for seq in range(1, len(PASSAGES)):  # sequence 0 streams alone in the 1-client round
-            results, _, _ = asyncio.run(run_round(f"ws://127.0.0.1:{port}/v1/stream", model, 1,
-                                                  clips, server, first=seq))
-            alone[seq] = results[0].wer
-            time.sleep(1.0)
-        for n in counts:
-            before = batch_counts(f"http://127.0.0.1:{port}")
-            results, cpu, peak = asyncio.run(run_round(f"ws://127.0.0.1:{port}/v1/stream",
-                                                       model, n, clips, server))
-            batches, windows, waited = (b - a for a, b in
-                                        zip(before, batch_counts(f"http://127.0.0.1:{port}")))
-            rows.append({"n": n, "results": results, "cpu": cpu, "rss": peak,
-                         "batch": windows / batches if batches else float("nan"),
-                         "queued": waited / windows if windows else float("nan")})
-            if n == 1:
-                alone[0] = results[0].wer
-            time.sleep(1.0)
+        yield f"127.0.0.1:{port}", psutil.Process(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -185,7 +169,32 @@ def serve(model: str, batching: bool, counts: list[int],
         log.seek(0)
         text = log.read()
         if "Traceback" in text or os.environ.get("SHOWLOG"):
-            print(f"--- server log ({model}, batching {batching}) ---\n{text}", file=sys.stderr)
+            print(f"--- server log ({model}, {env}) ---\n{text}", file=sys.stderr)
+
+
+def serve(model: str, batching: bool, counts: list[int],
+          clips: int) -> tuple[list[dict], dict[int, float]]:
+    """The rounds of N clients, and each sequence's WER streamed by one client alone."""
+    rows, alone = [], {}
+    with serving(model, max(counts),
+                 WHISPER_SERVICE_BATCHING="true" if batching else "false") as (host, server):
+        for seq in range(1, len(PASSAGES)):  # sequence 0 streams alone in the 1-client round
+            results, _, _ = asyncio.run(run_round(f"ws://{host}/v1/stream", model, 1, clips,
+                                                  server, first=seq))
+            alone[seq] = results[0].wer
+            time.sleep(1.0)
+        for n in counts:
+            before = batch_counts(f"http://{host}")
+            results, cpu, rss = asyncio.run(run_round(f"ws://{host}/v1/stream", model, n, clips,
+                                                      server))
+            batches, windows, waited = (b - a for a, b in
+                                        zip(before, batch_counts(f"http://{host}")))
+            rows.append({"n": n, "results": results, "cpu": cpu, "rss": max(rss),
+                         "batch": windows / batches if batches else float("nan"),
+                         "queued": waited / windows if windows else float("nan")})
+            if n == 1:
+                alone[0] = results[0].wer
+            time.sleep(1.0)
     return rows, alone
 
 

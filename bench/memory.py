@@ -29,11 +29,9 @@ import gc
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -167,54 +165,17 @@ def run_child(*args: str) -> dict:
 
 def clients_round(model: str) -> list[dict]:
     """Median and peak server RSS with N real-time clients (bench/capacity.py's rounds)."""
-    from capacity import run_round
-    from server import free_port, wait_ready
+    from capacity import run_round, serving
     from server import rss_mb as tree_rss_mb
 
-    port = free_port()
-    env = {**os.environ, "WHISPER_SERVICE_MAX_LAG_S": "1000",
-           "WHISPER_SERVICE_MAX_SESSIONS": str(max(CLIENT_COUNTS))}
-    env.pop("WHISPER_SERVICE_API_KEY", None)
-    exe = Path(sys.executable).with_name("whisper-service")
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([str(exe), "serve", "--model", model, "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
     rows = []
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc, {})
-        server = psutil.Process(proc.pid)
+    with serving(model, max(CLIENT_COUNTS)) as (host, server):
         idle = tree_rss_mb(server)
         for n in CLIENT_COUNTS:
-            samples: list[float] = []
-
-            async def sample(stop: asyncio.Event) -> None:
-                while not stop.is_set():
-                    samples.append(tree_rss_mb(server))
-                    try:
-                        await asyncio.wait_for(stop.wait(), 0.2)
-                    except TimeoutError:
-                        pass
-
-            async def round_(n: int = n) -> None:
-                stop = asyncio.Event()
-                sampler = asyncio.create_task(sample(stop))
-                try:
-                    await run_round(f"ws://127.0.0.1:{port}/v1/stream", model, n, 1, server)
-                finally:
-                    stop.set()
-                    await sampler
-
-            asyncio.run(round_())
-            rows.append({"n": n, "idle": idle, "median": statistics.median(samples),
-                         "peak": max(samples), "after": tree_rss_mb(server)})
+            _, _, rss = asyncio.run(run_round(f"ws://{host}/v1/stream", model, n, 1, server))
+            rows.append({"n": n, "idle": idle, "median": statistics.median(rss),
+                         "peak": max(rss), "after": tree_rss_mb(server)})
             time.sleep(1.0)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     return rows
 
 
