@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_reach_stream_options():
     options = StreamOptions.from_settings(Settings())
     assert (options.min_chunk_s, options.max_buffer_s, options.beam_size,
-            options.max_context_tokens) == (0.7, 15.0, 5, WHISPER_MAX_PROMPT_TOKENS)
+            options.max_context_tokens) == (0.6, 15.0, 1, WHISPER_MAX_PROMPT_TOKENS)
     assert options.language is None and options.static_prompt == ""
 
 

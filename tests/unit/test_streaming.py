@@ -208,15 +208,21 @@ class GridDecoder:
         assert np.array_equal(s[off:off + n], audio), "decoded audio differs from the stream"
         return off
 
-    def heard(self, t0: float, t1: float) -> list[tuple[float, float, str]]:
-        """Absolute (start, end, text) of the grid words wholly inside [t0, t1] with speech."""
+    def heard(self, t0: float, t1: float, strict: bool = False) -> list[tuple[float, float, str]]:
+        """Absolute (start, end, text) of the grid words with speech whose sound is wholly
+        inside [t0, t1]. A decoded window hears a slot that runs past t1 if only silence is
+        cut off (the VAD ends an utterance a pad after the sound, not at the slot's end);
+        `strict` counts only slots wholly inside, for what a test expects at the least."""
+        def speech(a: float, b: float) -> bool:
+            piece = self.stream[int(a * SR):int(b * SR)]
+            return bool(piece.size) and float(np.sqrt(np.mean(piece ** 2))) > 0.01
+
         out = []
         k = max(0, math.ceil((t0 - 0.05) / WORD_S - 1e-9))
-        while WORD_S * k + 0.45 <= t1 + 1e-9:
+        while WORD_S * k + 0.05 < t1:
             a, b = WORD_S * k + 0.05, WORD_S * k + 0.45
-            piece = self.stream[int(a * SR):int(b * SR)]
-            if piece.size and float(np.sqrt(np.mean(piece ** 2))) > 0.01:
-                out.append((a, b, word_text(k)))
+            if speech(a, b) and (b <= t1 + 1e-9 or not (strict or speech(t1, b))):
+                out.append((a, min(b, t1), word_text(k)))
             k += 1
         return out
 
@@ -245,7 +251,7 @@ class GridDecoder:
 
     def expected_ids(self, t0: float = 0.0, t1: float | None = None) -> list[int]:
         t1 = len(self.stream) / SR if t1 is None else t1
-        return [int(normalize(text)[1:]) for _, _, text in self.heard(t0, t1)]
+        return [int(normalize(text)[1:]) for _, _, text in self.heard(t0, t1, strict=True)]
 
 
 class UnstableDecoder(GridDecoder):
@@ -735,7 +741,8 @@ def test_words_a_model_left_out_of_a_long_window_are_decoded_before_the_end(
     _, events = run(decoder, pcm, tiny_en_tokenizer, stream_options(max_buffer_s=6), sizes=len(pcm))
     ids = [word_id(w) for w in final_words(events)]
     assert ids == sorted(set(ids))
-    assert ids[-1] == decoder.expected_ids()[-1], "the end of the stream was never decoded"
+    # At least the last word wholly in the stream; the cut one after it may be heard too.
+    assert ids[-1] >= decoder.expected_ids()[-1], "the end of the stream was never decoded"
 
 
 def test_hallucinated_credits_after_the_prefix_are_dropped(passage, tiny_en_tokenizer):
