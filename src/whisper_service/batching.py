@@ -47,7 +47,7 @@ class BatchScheduler(Generic[R, T]):
                  max_wait_s: float = 0.02, name: str = "batch") -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
         self._run, self._key, self._slots = run, key, slots
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size (for /metrics)
         self.wait_s_total = 0.0  # time requests spent queued, summed

@@ -138,3 +138,18 @@ def test_file_decodes_share_the_slots():
     slots.release()
     assert future.result(10) == "a:1"
     s.close()
+
+
+def test_a_session_steps_longer_as_windows_queue_per_worker():
+    from types import SimpleNamespace
+
+    from whisper_service.transcribe import Decoder
+
+    scheduler = SimpleNamespace(depth=0, workers=2, max_batch=8)
+    decoder = Decoder(SimpleNamespace(scheduler=scheduler))
+    loads = []
+    for depth in (0, 1, 4):
+        scheduler.depth = depth
+        loads.append(decoder.load())
+    assert loads == [1.0, 2.0, 5.0]
+    assert Decoder(SimpleNamespace(scheduler=None)).load() == 1.0  # batching off: no signal
