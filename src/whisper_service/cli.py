@@ -183,10 +183,15 @@ def models() -> None:
 @click.option("--beam-size", default=lambda: get_settings().stream_beam_size, type=int,
               show_default=_default("stream_beam_size"))
 @click.option("--static-prompt", default="", help="Names and terms; never trimmed.")
-@click.option("--words", is_flag=True, help="Include word timestamps in finals.")
+@click.option("--words", is_flag=True, help="Include word timestamps in finals and utterances.")
+@click.option("--utterances/--no-utterances", default=lambda: get_settings().utterances,
+              show_default=_default("utterances"),
+              help="Decode each utterance again as a whole after its finals.")
 def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: float,
-           min_chunk: float, beam_size: int, static_prompt: str, words: bool) -> None:
-    """Stream FILE through a live session and print one JSON event per line."""
+           min_chunk: float, beam_size: int, static_prompt: str, words: bool,
+           utterances: bool) -> None:
+    """Stream FILE through a live session and print one JSON event per line; the last line
+    (`done`) holds the transcript."""
     import json
 
     from .audio import AudioError, decode_file
@@ -196,7 +201,7 @@ def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: f
     try:
         options = StreamOptions.from_settings(
             language=_language(language), task=task, min_chunk_s=min_chunk,
-            beam_size=beam_size, static_prompt=static_prompt)
+            beam_size=beam_size, static_prompt=static_prompt, utterances=utterances)
     except ValidationError as exc:
         flags = {"min_chunk_s": "--min-chunk", "stream_beam_size": "--beam-size"}
         raise _fail(describe_error(exc, flags)) from None
@@ -217,7 +222,10 @@ def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: f
                            "decode_s": round(stats["decode_s"], 3),
                            "compute_per_audio_s":
                                round(stats["decode_s"] / max(stats["audio_s"], 1e-9), 3),
-                           "language": session.language}))
+                           "utterances": stats["utterances"],
+                           "utterance_s": round(stats["utterance_s"], 3),
+                           "language": session.language, "text": session.transcript},
+                          ensure_ascii=False))
 
 
 @main.command()

@@ -45,6 +45,7 @@ class RollingContext:
         # (word, tokens of " " + word); the running sum avoids re-encoding on every trim.
         self._words: deque[tuple[str, int]] = deque()
         self._words_tokens = 0
+        self._appended = 0  # words ever appended: the position of the next one
 
     @property
     def static_prompt(self) -> str:
@@ -57,6 +58,16 @@ class RollingContext:
     @property
     def committed_words(self) -> tuple[str, ...]:
         return tuple(word for word, _ in self._words)
+
+    @property
+    def position(self) -> int:
+        """Words appended so far: marks a place in the committed text for `tokens(until=)`
+        and `revise`, valid however much was trimmed or reset since."""
+        return self._appended
+
+    def _first(self) -> int:
+        """The position of the oldest word still held."""
+        return self._appended - len(self._words)
 
     def _count(self, text: str) -> int:
         """Tokens of ``text`` as faster-whisper encodes an initial_prompt string."""
@@ -71,6 +82,7 @@ class RollingContext:
         for word in text.split():
             self._words.append((word, self._count(word)))
             self._words_tokens += self._words[-1][1]
+            self._appended += 1
             # Every word costs >= 1 token, so more than `budget` words can never fit:
             # this keeps memory bounded however much text a session appends.
             if len(self._words) > budget:
@@ -81,16 +93,36 @@ class RollingContext:
         while self._words_tokens + self._static_tokens > self._max_context_tokens:
             self._drop_oldest()
 
-    def prompt(self) -> str | None:
-        """The next decode's initial_prompt, or None when there is nothing to condition on."""
-        text = " ".join([self._static_prompt, *self.committed_words]).strip()
+    def revise(self, start: int, stop: int, text: str) -> int:
+        """Replace the words appended at positions [start, stop) with `text` (what a second
+        look at the same audio wrote); the words after them stay. Returns where the revised
+        words now end (positions after it move by the change in length)."""
+        first = self._first()
+        words = list(self._words)
+        lo, hi = max(0, start - first), max(0, stop - first)
+        later = [word for word, _ in words[hi:]]
+        self._words = deque(words[:lo])
+        self._words_tokens = sum(n for _, n in self._words)
+        self._appended = first + lo
+        self.append(text)
+        stop_now = self._appended
+        self.append(" ".join(later))
+        return stop_now
+
+    def prompt(self, until: int | None = None) -> str | None:
+        """The next decode's initial_prompt, or None when there is nothing to condition on;
+        with `until`, only the committed words before that position."""
+        words = self.committed_words
+        if until is not None:
+            words = words[:max(0, until - self._first())]
+        text = " ".join([self._static_prompt, *words]).strip()
         return text or None
 
-    def tokens(self) -> tuple[int, ...] | None:
+    def tokens(self, until: int | None = None) -> tuple[int, ...] | None:
         """The prompt as tokens, static prompt whole, with the oldest committed tokens cut so
         that the length is a multiple of PROMPT_STEP (a few tokens of the oldest context
         matter little; a shared length lets sessions' decodes share a batch)."""
-        text = self.prompt()
+        text = self.prompt(until)
         if text is None:
             return None
         ids = self._tokenizer.encode(" " + text, add_special_tokens=False).ids

@@ -42,6 +42,7 @@ class StreamConfig(BaseModel):
     encoding: Encoding = "pcm_s16le"
     static_prompt: str = Field("", max_length=2000)
     word_timestamps: bool = False
+    utterances: bool | None = None  # None: the server's setting
     vad: VadOptions = Field(default_factory=VadOptions)
 
     @field_validator("language")
@@ -62,7 +63,7 @@ class StreamConfig(BaseModel):
         """The server's settings with this client's choices."""
         return StreamOptions.from_settings(settings, language=parse_language(self.language),
                                            task=self.task, static_prompt=self.static_prompt,
-                                           vad=self.vad)
+                                           utterances=self.utterances, vad=self.vad)
 
 
 def parse_json(text: str) -> dict[str, Any]:

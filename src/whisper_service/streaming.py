@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,7 +20,16 @@ from .config import Settings, get_settings
 from .context import RollingContext
 from .guards import credits_start, is_hallucination, loop_start
 from .text import normalize
-from .transcribe import Decoder, DecodeRequest, Task, TranscribeOptions, Transcript, Word
+from .transcribe import (
+    WINDOW_SAMPLES,
+    Decoder,
+    DecodeRequest,
+    Task,
+    TranscribeOptions,
+    Transcript,
+    Word,
+)
+from .utterances import Final, Utterance, UtteranceRecorder, fill_gaps, word_count
 from .vad import SileroVAD, VADIterator, VadOptions, get_vad_model
 
 if TYPE_CHECKING:
@@ -49,6 +59,8 @@ class StreamOptions:
     max_buffer_s: float
     beam_size: int
     max_context_tokens: int
+    utterances: bool = False
+    utterance_beam_size: int = 5
     language: str | None = None
     task: Task = "transcribe"
     static_prompt: str = ""
@@ -57,23 +69,26 @@ class StreamOptions:
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, min_chunk_s: float | None = None,
                       max_buffer_s: float | None = None, beam_size: int | None = None,
-                      max_context_tokens: int | None = None, **per_stream: Any) -> StreamOptions:
+                      max_context_tokens: int | None = None, utterances: bool | None = None,
+                      **per_stream: Any) -> StreamOptions:
         """The settings (default: the process's), with the tunables given here overriding
         them, validated as settings are; plus one client's language, task, prompt and VAD."""
         settings = settings or get_settings()
         changed = {k: v for k, v in (("min_chunk_s", min_chunk_s), ("max_buffer_s", max_buffer_s),
                                      ("stream_beam_size", beam_size),
-                                     ("max_context_tokens", max_context_tokens)) if v is not None}
+                                     ("max_context_tokens", max_context_tokens),
+                                     ("utterances", utterances)) if v is not None}
         s = settings.override(**changed) if changed else settings
         return cls(s.min_chunk_s, s.max_buffer_s, s.stream_beam_size, s.max_context_tokens,
-                   **per_stream)
+                   s.utterances, s.utterance_beam_size, **per_stream)
 
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """`partial`: the uncommitted tail, replaced by the next one. `final`: never changes."""
+    """`partial`: the uncommitted tail, replaced by the next one. `final`: never changes.
+    `utterance`: a whole utterance decoded again, superseding the finals of its span."""
 
-    type: Literal["partial", "final"]
+    type: Literal["partial", "final", "utterance"]
     start: float
     end: float
     text: str
@@ -83,7 +98,7 @@ class StreamEvent:
     def to_dict(self, words: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "start": round(self.start, 3),
                                "end": round(self.end, 3), "text": self.text}
-        if self.type == "final":
+        if self.type != "partial":
             out["language"] = self.language
             if words:
                 out["words"] = [{"start": w.start, "end": w.end, "text": w.word.strip(),
@@ -151,9 +166,14 @@ class StreamingSession:
         self._recent: list[str] = []  # the last committed words, for the loop guard
         self._last_final_end = 0.0
         self._partial = ""
+        self._recorder = UtteranceRecorder()
+        self._closed_utterances: list[_Pending] = []  # in their second decode, oldest first
+        self._settled: list[str] = []  # the transcript: utterance texts (finals when off)
+        self._unsettled: list[str] = []  # finals not yet covered by an utterance
         self._closed = False
         self._release: Callable[[], None] | None = None
-        self.stats = {"audio_s": 0.0, "decodes": 0, "decode_s": 0.0, "finals": 0, "loops": 0}
+        self.stats = {"audio_s": 0.0, "decodes": 0, "decode_s": 0.0, "finals": 0, "loops": 0,
+                      "utterances": 0, "utterance_s": 0.0, "utterance_fallbacks": 0}
 
     @classmethod
     def open(cls, manager: ModelManager, model: str, options: StreamOptions | None = None,
@@ -174,6 +194,8 @@ class StreamingSession:
     def close(self) -> None:
         self._closed = True
         self._audio = self._pending = np.zeros(0, dtype=np.float32)
+        self._recorder.clear()
+        self._closed_utterances = []
         release, self._release = self._release, None
         if release:
             release()
@@ -203,6 +225,11 @@ class StreamingSession:
         return undecoded / SAMPLE_RATE
 
     @property
+    def transcript(self) -> str:
+        """Everything committed so far: the utterances, then the finals after the last one."""
+        return " ".join(self._settled + self._unsettled)
+
+    @property
     def buffered_seconds(self) -> float:
         return (len(self._audio) + len(self._pending)) / SAMPLE_RATE
 
@@ -213,14 +240,15 @@ class StreamingSession:
         the buffer reaches its cap), so a client that fell behind catches up by pushing
         everything it has queued at once instead of paying one decode per queued frame. A
         step decodes again only when the model wrote nothing after the committed words.
+        Utterances closed by the last push are decoded first (see `decode_utterances`).
         """
         if self._closed:
             raise RuntimeError("session is closed")
+        events = self.decode_utterances()
         samples = as_float32(chunk)
         self.stats["audio_s"] += len(samples) / SAMPLE_RATE
         self._pending = np.concatenate([self._pending, samples])
         whole = len(self._pending) // BLOCK * BLOCK
-        events: list[StreamEvent] = []
         for i in range(0, whole, BLOCK):
             events += self._process(self._pending[i:i + BLOCK], last=i + BLOCK == whole)
         self._pending = self._pending[whole:].copy()
@@ -236,12 +264,36 @@ class StreamingSession:
             events += self._on_vad(event.kind, event.sample)
         if self._in_speech:
             events += self._end_utterance(self._audio_start + len(self._audio))
+        return events + self.decode_utterances(wait=True)
+
+    @property
+    def utterances_due(self) -> bool:
+        """The oldest closed utterance's second decode is done (see `decode_utterances`)."""
+        return bool(self._closed_utterances) and self._closed_utterances[0].future.done()
+
+    def decode_utterances(self, wait: bool = False) -> list[StreamEvent]:
+        """The `utterance` events of the closed utterances whose second decode is done (with
+        `wait`, of all of them), in order. Each decode was submitted when its utterance
+        closed and runs beside the session's own decodes, so finals are not held back by it.
+        `push` calls this first; a server can also call it right after sending finals."""
+        events = []
+        while self._closed_utterances and (wait or self.utterances_due):
+            pending = self._closed_utterances.pop(0)
+            event, stop = self._utterance_event(pending)
+            shift = stop - pending.utterance.context[1]  # later positions moved with it
+            for later in self._closed_utterances:
+                start, end = later.utterance.context
+                later.utterance = replace(later.utterance, context=(start + shift, end + shift))
+            self._recorder.context_start += shift
+            events.append(event)
         return events
 
     # -- the data path, one block at a time -------------------------------------------------
 
     def _process(self, block: np.ndarray, last: bool) -> list[StreamEvent]:
         self._audio = np.concatenate([self._audio, block])
+        if self._in_speech and self.options.utterances:
+            self._recorder.extend(self._audio, self._audio_start)
         events: list[StreamEvent] = []
         for event in self._vad(block):
             events += self._on_vad(event.kind, event.sample)
@@ -261,6 +313,8 @@ class StreamingSession:
         if kind == "start":
             self._drop_until(sample)
             self._in_speech, self._decoded_until = True, self._audio_start
+            if self.options.utterances:
+                self._recorder.begin(self._audio, self._audio_start, self.context.position)
             self._policy.reset()
             self._in_buffer, self._recent = [], []
             return []
@@ -291,6 +345,7 @@ class StreamingSession:
                 self._decoded_until = self._audio_start
             events += self._partial_event()
             self._forget_committed(float("inf"))
+            self._close_utterance(float("inf"), audio_end=end_sample)
         self._in_speech = False
         self._policy.reset()
         self._drop_until(end_sample)
@@ -338,7 +393,8 @@ class StreamingSession:
                 and result.language_probability >= 0.5:
             self._language = result.language  # detected once with confidence, then kept
         self._detected = result.language
-        new = _after(prefix, self._words(result, prefix, offset))
+        words, self._boundaries = self._segment_words(result, prefix, offset)
+        new = _after(prefix, words)
         # A loop may repeat what is already committed, so the latest committed words count.
         recent = self._recent if loop_start(self._recent) is None else []
         cut = loop_start(recent + [w.word for w in new])
@@ -348,9 +404,11 @@ class StreamingSession:
             self.context.reset()
         return new
 
-    def _words(self, result: Transcript, prefix: str, offset: float) -> list[Word]:
-        """A decode's words in stream time, without invented text; notes segment ends."""
-        words, self._boundaries = [], []
+    def _segment_words(self, result: Transcript, prefix: str,
+                       offset: float) -> tuple[list[Word], list[float]]:
+        """A decode's words in stream time, without invented text, and its segment ends."""
+        words: list[Word] = []
+        boundaries: list[float] = []
         forced = _letters(prefix)
         for seg in result.segments:
             seg_words = [replace(w, start=offset + w.start, end=offset + w.end)
@@ -367,8 +425,8 @@ class StreamingSession:
             if not keep:
                 continue
             words += seg_words[:keep]
-            self._boundaries.append(offset + seg.end)
-        return words
+            boundaries.append(offset + seg.end)
+        return words, boundaries
 
     def _transcribe_options(self, prompt: tuple[int, ...] | None,
                             prefix: str | None = None) -> TranscribeOptions:
@@ -389,6 +447,11 @@ class StreamingSession:
         self._last_final_end = end
         self.stats["finals"] += 1
         text = "".join(w.word for w in words).strip()
+        if self.options.utterances:
+            self._recorder.committed(Final(start, end, tuple(words)))
+            self._unsettled.append(text)
+        else:
+            self._settled.append(text)
         return [StreamEvent("final", start, end, text, tuple(words),
                             self._language or self._detected)]
 
@@ -435,9 +498,59 @@ class StreamingSession:
         return events
 
     def _cut_buffer(self, at: float) -> None:
-        """Drop the audio before `at` seconds; committed words leaving with it become context."""
+        """Drop the audio before `at` seconds; committed words leaving with it become context.
+        A long utterance closes here once its finals before the cut are long enough."""
         self._forget_committed(at)
         self._drop_until(int(at * SAMPLE_RATE))
+        if self._in_speech and self.options.utterances and self._recorder.due(at):
+            self._close_utterance(at)
+
+    # -- utterances ---------------------------------------------------------------------------
+
+    def _close_utterance(self, until: float, audio_end: int | None = None) -> None:
+        """Queue the finals that ended by `until` for their second decode (an utterance)."""
+        if not self.options.utterances:
+            return
+        prompt = self.context.tokens(until=self._recorder.context_start)
+        closed = self._recorder.close(until, prompt, audio_end=audio_end)
+        if closed is None:
+            return
+        future = None
+        if 0 < len(closed.audio) <= WINDOW_SAMPLES:
+            options = replace(self._transcribe_options(closed.prompt),
+                              beam_size=self.options.utterance_beam_size)
+            pad_s = 30.0 if self.context.static_prompt else None
+            future = self._decoder.submit(DecodeRequest(closed.audio, options, window=True,
+                                                        pad_s=pad_s))
+        self._closed_utterances.append(_Pending(closed, future))
+
+    def _utterance_event(self, pending: _Pending) -> tuple[StreamEvent, int]:
+        """The utterance's event (its decoded words, or its finals' where the decode is not
+        trustworthy) and where its words now end in the rolling context."""
+        utterance = pending.utterance
+        finals = utterance.words
+        words: list[Word] = []
+        if pending.future is not None:
+            result = pending.future.result()
+            elapsed = pending.elapsed()
+            self.stats["utterance_s"] += elapsed
+            if self._on_decode:
+                self._on_decode(elapsed)
+            words, _ = self._segment_words(result, "", utterance.offset)
+        self.stats["utterances"] += 1
+        # A second look that lost half the words, or looped, is worse than the finals.
+        if loop_start([w.word for w in words]) is not None \
+                or word_count(words) < word_count(finals) / 2:
+            words = finals
+            self.stats["utterance_fallbacks"] += 1
+        words = fill_gaps(words, finals)
+        text = "".join(w.word for w in words).strip()
+        start, stop = utterance.context
+        new_stop = self.context.revise(start, stop, text)
+        self._settled.append(text)
+        del self._unsettled[:len(utterance.finals)]
+        return StreamEvent("utterance", utterance.start, utterance.end, text, tuple(words),
+                           self._language or self._detected), new_stop
 
     def _forget_committed(self, until: float) -> None:
         """Committed words whose audio leaves the buffer become prompt context."""
@@ -452,6 +565,23 @@ class StreamingSession:
             self._audio = self._audio[drop:].copy()
             self._audio_start += drop
         self._decoded_until = max(self._decoded_until, self._audio_start)
+
+
+class _Pending:
+    """A closed utterance and its second decode, running on the model's workers."""
+
+    def __init__(self, utterance: Utterance, future: Future[Transcript] | None) -> None:
+        self.utterance, self.future = utterance, future
+        self._submitted, self._done = time.perf_counter(), 0.0
+        if future is not None:
+            future.add_done_callback(self._finished)
+
+    def _finished(self, _: Future[Transcript]) -> None:
+        self._done = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Submission to result: the decode's time, plus any wait for a worker."""
+        return max(0.0, (self._done or time.perf_counter()) - self._submitted)
 
 
 def _letters(text: str) -> int:
@@ -509,3 +639,10 @@ def replay(session: StreamingSession, audio: np.ndarray, mode: ReplayMode = "sim
         emitted_at = clock if mode == "simulated" else time.perf_counter() - started
         for event in events:
             yield emitted_at, event
+        if session.utterances_due:  # as the server does: after the finals that closed them
+            spent = time.perf_counter()
+            events = session.decode_utterances()
+            clock += time.perf_counter() - spent
+            emitted_at = clock if mode == "simulated" else time.perf_counter() - started
+            for event in events:
+                yield emitted_at, event

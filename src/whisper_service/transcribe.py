@@ -7,6 +7,7 @@ scheduler that batches many sessions' requests only has to replace `Decoder`.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -152,6 +153,20 @@ class Decoder:
             with self.loaded.slots:
                 return decode_windows(self.loaded, [window])[0]
         return self._decode_file(request, on_progress)
+
+    def submit(self, request: DecodeRequest) -> Future[Transcript]:
+        """A window decode that runs while the caller goes on: queued on the batch scheduler
+        (the features are computed here). Without a scheduler it runs now, and the future is
+        already done."""
+        if request.window and self.loaded.scheduler is not None:
+            self.check(request.options)
+            return self.loaded.scheduler.submit(prepare_window(self.loaded, request))
+        future: Future[Transcript] = Future()
+        try:
+            future.set_result(self.decode(request))
+        except Exception as exc:  # the caller hears of it when it reads the result
+            future.set_exception(exc)
+        return future
 
     def _decode_file(self, request: DecodeRequest,
                      on_progress: Callable[[float], None] | None) -> Transcript:

@@ -119,14 +119,14 @@ def test_live_microphone_transcription(page, page_errors):
 
     page.wait_for_function(
         """(words) => {
-            const text = [...document.querySelectorAll('#transcript .final')]
+            const text = [...document.querySelectorAll('#transcript .final, .utterance')]
                 .map(e => e.textContent).join(' ').toLowerCase();
             return words.filter(w => new RegExp(`\\\\b${w}\\\\b`).test(text)).length >= 2;
         }""",
         arg=list(EXPECTED_WORDS),
         timeout=FINALS_TIMEOUT_MS,
     )
-    finals = page.locator("#transcript .final").all_text_contents()
+    finals = page.locator("#transcript .final, #transcript .utterance").all_text_contents()
     found = _found_words(" ".join(finals))
     assert len(found) >= 2, f"expected at least two of {EXPECTED_WORDS} in finals {finals}"
     assert not page.locator("#transcript").evaluate("e => e.classList.contains('is-empty')")
@@ -134,8 +134,24 @@ def test_live_microphone_transcription(page, page_errors):
     # The partial (unconfirmed) text must look different from the confirmed finals.
     style = "e => { const s = getComputedStyle(e); return [s.color, s.fontStyle]; }"
     partial_style = page.locator("#partial").evaluate(style)
-    final_style = page.locator("#transcript .final").first.evaluate(style)
+    final_style = page.locator("#transcript .final, #transcript .utterance").first.evaluate(style)
     assert partial_style != final_style, f"partial {partial_style} looks like final {final_style}"
+
+    # Each utterance replaced the finals of its span (the fake microphone pauses between
+    # loops, so the VAD ends utterances): none of those finals is left, and the utterance's
+    # words were heard.
+    page.wait_for_selector("#transcript .utterance", timeout=FINALS_TIMEOUT_MS)
+    shown = page.evaluate("""() => [...document.querySelectorAll('#transcript > span')]
+        .filter(e => e.id !== 'partial')
+        .map(e => ({kind: e.className, text: e.textContent, start: e.dataset.start,
+                    end: e.dataset.end}))""")
+    utterances = [e for e in shown if e["kind"] == "utterance"]
+    spans = [(float(e["start"]), float(e["end"])) for e in utterances]
+    for e in shown:
+        if e["kind"] == "final":
+            start, end = float(e["start"]), float(e["end"])
+            assert not any(a - 0.001 <= start and end <= b + 0.001 for a, b in spans), (e, spans)
+    assert _found_words(" ".join(e["text"] for e in utterances)), utterances
 
     page.click("#stop")
     status = page.locator("#status")

@@ -77,6 +77,14 @@ def test_websocket_stream_transcribes_speech(client_for):
     assert_wer("websocket tiny.en en_short", reference("en_short"), finals_text(messages), 0.2)
     assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(finals, finals[1:]))
     assert all(f["words"] and f["language"] == "en" for f in finals)
+    # Utterances (on by default) cover the finals; `done` carries their joined text.
+    utterances = [m for m in messages if m["type"] == "utterance"]
+    assert utterances and done["utterances"] == len(utterances)
+    assert done["text"] == " ".join(u["text"] for u in utterances)
+    assert_wer("websocket utterances tiny.en en_short", reference("en_short"), done["text"], 0.2)
+    for f in finals:
+        assert sum(u["start"] <= f["start"] and f["end"] <= u["end"] for u in utterances) == 1
+    assert all(u["words"] and u["language"] == "en" for u in utterances)
 
 
 def test_resampled_float_stream(client_for):

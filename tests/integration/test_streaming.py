@@ -33,7 +33,8 @@ def assert_finals_in_order(events, at_least: int) -> None:
     assert len(fs) >= at_least
     assert all(f.text and f.start <= f.end for f in fs)
     assert all(a.end <= b.start + 1e-6 for a, b in zip(fs, fs[1:]))
-    assert events[-1].type == "partial" and events[-1].text == ""
+    last = [e for e in events if e.type != "utterance"][-1]  # utterances may follow it
+    assert last.type == "partial" and last.text == ""
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,24 @@ def test_streaming_matches_offline_within_margin(passage_runs, tiny_en):
     ref = reference("en_passage")
     streamed = assert_wer("stream tiny.en en_passage", ref, text_of(passage_runs[0.1]), 0.15)
     assert streamed <= english_wer(ref, offline.text) + 0.1
+
+
+def test_utterances_supersede_finals_with_offline_accuracy(passage_runs, tiny_en):
+    """Utterances are on by default: each covers its finals' span, the transcript is made of
+    them, and it reads as well as offline transcription of the whole file."""
+    events = passage_runs[0.1]
+    fs = finals(events)
+    us = [e for e in events if e.type == "utterance"]
+    assert len(us) >= 4  # six sentences with pauses; the VAD may join two
+    for f in fs:
+        owners = [u for u in us if u.start - 1e-6 <= f.start and f.end <= u.end + 1e-6]
+        assert len(owners) == 1 and events.index(owners[0]) > events.index(f), f
+    audio = read_wav(DATA / "en_passage.wav")
+    offline = Decoder(tiny_en).decode(DecodeRequest(audio, TranscribeOptions(language="en")))
+    ref = reference("en_passage")
+    joined = assert_wer("utterances tiny.en en_passage", ref, " ".join(u.text for u in us),
+                        0.1)
+    assert joined <= english_wer(ref, offline.text) + 0.05
 
 
 def test_push_size_does_not_change_text(passage_runs):
@@ -159,4 +178,5 @@ def test_hard_voice_streams_without_loops_or_overlaps(model_manager, tiny_en):
     words = normalize(text_of(events)).split()
     assert 8 <= len(words) <= 2 * len(reference("en_hard_espeak").split()), words
     assert loop_start(words) is None, words
-    assert events[-1].type == "partial" and events[-1].text == ""
+    last = [e for e in events if e.type != "utterance"][-1]  # utterances may follow it
+    assert last.type == "partial" and last.text == ""

@@ -254,3 +254,22 @@ def test_property_static_too_long_always_rejected(
         prompt = ctx.prompt()
         assert prompt is not None and prompt.startswith(static.strip())
         assert ctx.token_count() <= max_tokens
+
+
+def test_revise_replaces_a_span_and_keeps_the_words_after_it(tiny_en_tokenizer) -> None:
+    context = RollingContext(tiny_en_tokenizer, "Names:", max_context_tokens=40)
+    context.append("one two")
+    start = context.position
+    context.append("old supposed words")
+    stop = context.position
+    context.append("later")
+    assert context.prompt(until=start) == "Names: one two"
+    new_stop = context.revise(start, stop, "ill disposed")
+    assert context.committed_words == ("one", "two", "ill", "disposed", "later")
+    assert new_stop == start + 2 and context.position == new_stop + 1
+    # Positions stay valid after the oldest words were trimmed away.
+    context.append(" ".join(f"w{i}" for i in range(30)))
+    assert context.token_count() <= 40
+    kept = context.committed_words
+    context.revise(context.position - 2, context.position, "end")
+    assert context.committed_words == kept[:-2] + ("end",)

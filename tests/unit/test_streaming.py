@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import wave
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,7 +39,8 @@ from whisper_service.streaming import (
 )
 from whisper_service.text import normalize
 from whisper_service.transcribe import DecodeRequest, Segment, TranscribeOptions, Transcript, Word
-from whisper_service.vad import get_vad_model
+from whisper_service.utterances import fill_gaps
+from whisper_service.vad import VadOptions, get_vad_model
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SR = 16000
@@ -48,7 +50,9 @@ BLOCK_S = BLOCK / SR
 # -- LocalAgreement ------------------------------------------------------------------------
 
 def stream_options(**changes) -> StreamOptions:
-    """The default settings' stream options, with some changed (validated like settings)."""
+    """The default settings' stream options, with some changed (validated like settings).
+    Utterances are off unless asked for: most tests here count the finals' decodes."""
+    changes.setdefault("utterances", False)
     return StreamOptions.from_settings(Settings(), **changes)
 
 
@@ -228,6 +232,11 @@ class GridDecoder:
 
     def words(self, t0: float, t1: float) -> list[tuple[float, float, str]]:
         return self.heard(t0, t1)
+
+    def submit(self, request: DecodeRequest) -> Future:
+        future: Future = Future()
+        future.set_result(self.decode(request))
+        return future
 
     def decode(self, request: DecodeRequest) -> Transcript:
         audio = request.audio
@@ -770,3 +779,102 @@ def test_a_loaded_scheduler_makes_steps_longer_and_loses_no_words(passage, tiny_
     step = 3.0 * stream_options().min_chunk_s
     assert max(lags) <= step + BLOCK / SR + 1e-6
     assert max(lags) > 0.5 * step  # it does wait for audio before decoding
+
+
+# -- utterances ----------------------------------------------------------------------------
+
+def utterances(events: list[StreamEvent]) -> list[StreamEvent]:
+    return [e for e in events if e.type == "utterance"]
+
+
+def assert_utterances_cover_finals(events: list[StreamEvent]) -> None:
+    """Every final lies in exactly one utterance, which comes after it; spans are the finals'."""
+    fs, us = finals(events), utterances(events)
+    assert us, "no utterance"
+    for u in us:
+        inside = [f for f in fs if u.start - 1e-6 <= f.start and f.end <= u.end + 1e-6]
+        assert inside and inside[0].start == u.start and inside[-1].end == u.end
+        assert all(events.index(f) < events.index(u) for f in inside)
+    for f in fs:
+        assert sum(u.start - 1e-6 <= f.start and f.end <= u.end + 1e-6 for u in us) == 1, f
+    assert all(a.end <= b.start + 1e-6 for a, b in zip(us, us[1:]))
+
+
+def test_each_utterance_is_decoded_again_whole_and_becomes_the_context(passage,
+                                                                      tiny_en_tokenizer):
+    pcm = build(passage[:6 * SR], 1.0, passage[6 * SR:12 * SR], 1.0, passage[12 * SR:18 * SR])
+    decoder = GridDecoder(pcm)
+    session, events = run(decoder, pcm, tiny_en_tokenizer, stream_options(utterances=True))
+    assert_utterances_cover_finals(events)
+    us = utterances(events)
+    assert len(us) == 3  # the VAD ends an utterance at each second of silence
+    assert session.stats["utterances"] == len(us) and not session.stats["utterance_fallbacks"]
+    # The grid hears the same words again: each utterance reads as its finals did.
+    for u in us:
+        inside = [f.text for f in finals(events) if u.start <= f.start and f.end <= u.end]
+        assert u.text == " ".join(inside)
+        assert texts(list(u.words)) == texts([w for f in finals(events)
+                                              if u.start <= f.start and f.end <= u.end
+                                              for w in f.words])
+    # Second decodes: the whole utterance, at the utterance beam, with no forced prefix.
+    beam = stream_options().utterance_beam_size
+    whole = [c for c in decoder.calls if c.options.beam_size == beam]
+    assert len(whole) == len(us)
+    assert all(c.options.prefix is None and c.duration >= u.end - u.start
+               for c, u in zip(whole, us))
+    assert session.transcript == " ".join(u.text for u in us)
+    assert session.context.committed_words[-3:] == tuple(us[-1].text.split()[-3:])
+
+
+def test_a_long_utterance_closes_at_a_buffer_cut_within_whisper_window(passage,
+                                                                       tiny_en_tokenizer):
+    pcm = build(passage, 0.3, passage)
+    decoder = GridDecoder(pcm)
+    # The VAD never ends the utterance: 47 s of speech with only short pauses.
+    options = stream_options(utterances=True,
+                             vad=VadOptions(min_silence_duration_ms=5000))
+    session, events = run(decoder, pcm, tiny_en_tokenizer, options)
+    assert_utterances_cover_finals(events)
+    us = utterances(events)
+    assert len(us) >= 2
+    assert all(u.end - u.start <= 30.0 for u in us)
+    assert any(u.text.endswith(".") and u.end - u.start >= 20.0 for u in us[:-1])
+    whole = [c for c in decoder.calls if c.options.beam_size == options.utterance_beam_size]
+    assert whole and all(c.duration <= 30.0 for c in whole)
+    ids = [word_id(w) for u in us for w in u.words]
+    assert ids == [word_id(w) for w in final_words(events)]
+
+
+class ForgetfulDecoder(GridDecoder):
+    """Writes nothing on a whole-utterance decode (the second look failed)."""
+
+    def words(self, t0, t1):
+        if self.calls[-1].options.beam_size == stream_options().utterance_beam_size:
+            return []
+        return super().words(t0, t1)
+
+
+def test_an_utterance_never_reads_worse_than_its_finals(passage, tiny_en_tokenizer):
+    pcm = build(passage[:10 * SR])
+    session, events = run(ForgetfulDecoder(pcm), pcm, tiny_en_tokenizer,
+                          stream_options(utterances=True))
+    us = utterances(events)
+    assert us and session.stats["utterance_fallbacks"] == len(us)
+    assert " ".join(u.text for u in us) == " ".join(f.text for f in finals(events))
+
+
+def test_utterances_off_sends_none(passage, tiny_en_tokenizer):
+    pcm = build(passage[:10 * SR])
+    decoder = GridDecoder(pcm)
+    session, events = run(decoder, pcm, tiny_en_tokenizer, stream_options(utterances=False))
+    assert finals(events) and not utterances(events)
+    assert session.transcript == " ".join(f.text for f in finals(events))
+
+
+def test_fill_gaps_takes_the_finals_where_the_second_decode_wrote_nothing():
+    finals_ = [sw(0.0, "a"), sw(0.5, "b"), sw(1.0, "c"), sw(3.0, "d"), sw(3.5, "e"),
+               sw(6.0, "f")]
+    second = [sw(0.0, "A"), sw(0.5, "B"), sw(3.0, "D")]  # skipped c, and the end
+    assert texts(fill_gaps(second, finals_)) == ["A", "B", "c", "D", "e", "f"]
+    assert texts(fill_gaps([], finals_)) == texts(finals_)
+    assert texts(fill_gaps(finals_, finals_)) == texts(finals_)

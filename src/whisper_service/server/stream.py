@@ -178,6 +178,8 @@ class StreamHandler:
             self.service.sessions.report_lag(self.session_id, behind)
             self.service.metrics.audio_seconds.labels("stream").inc(len(samples) / SAMPLE_RATE)
             await self._send_events(await run_in_threadpool(self.session.push, samples))
+            if self.session.utterances_due:  # after the finals that closed them, not before
+                await self._send_events(await run_in_threadpool(self.session.decode_utterances))
         for item in items:
             if isinstance(item, ClientError):
                 await self._send_error(item.error)
@@ -243,7 +245,9 @@ class StreamHandler:
         await self._send_events(await run_in_threadpool(session.end_of_stream))
         await self.ws.send_json({"type": "done",
                                  "audio_seconds": round(session.stats["audio_s"], 3),
-                                 "segments": session.stats["finals"], "reason": reason})
+                                 "segments": session.stats["finals"],
+                                 "utterances": session.stats["utterances"],
+                                 "text": session.transcript, "reason": reason})
         await self.ws.close(code, reason)
 
     async def _send_events(self, events: list[StreamEvent]) -> None:

@@ -130,7 +130,7 @@ function clearTranscript() {
 }
 
 function hasFinals() {
-  return ui.transcript.querySelector('.final') !== null;
+  return ui.transcript.querySelector('.final, .utterance') !== null;
 }
 
 /** Run `change`, then keep the view pinned to the bottom if the reader was already there. */
@@ -159,11 +159,38 @@ function appendFinal(msg) {
     span.className = 'final';
     span.textContent = text;
     if (typeof msg.start === 'number' && typeof msg.end === 'number') {
+      span.dataset.start = msg.start;
+      span.dataset.end = msg.end;
       span.title = `${msg.start.toFixed(1)}–${msg.end.toFixed(1)} s${msg.language ? ` · ${msg.language}` : ''}`;
     }
     if (hasFinals()) ui.transcript.insertBefore(document.createTextNode(' '), ui.partial);
     ui.transcript.insertBefore(span, ui.partial);
     ui.transcript.classList.remove('is-empty');
+  });
+}
+
+/**
+ * An utterance is its finals' span decoded again as a whole: one span takes their place
+ * (docs/protocol.md, 5b). It briefly glows so the reader sees the text settle.
+ */
+function applyUtterance(msg) {
+  const inside = (e) => Number(e.dataset.start) >= msg.start - 0.001
+    && Number(e.dataset.end) <= msg.end + 0.001;
+  const covered = [...ui.transcript.querySelectorAll('.final')].filter(inside);
+  if (!covered.length) return;
+  keepScrolled(() => {
+    const span = document.createElement('span');
+    span.className = 'utterance';
+    span.dataset.start = msg.start;
+    span.dataset.end = msg.end;
+    span.textContent = (msg.text || '').trim() || covered.map((e) => e.textContent).join(' ');
+    span.title = `${msg.start.toFixed(1)}–${msg.end.toFixed(1)} s · whole utterance`;
+    covered[0].replaceWith(span);
+    for (const e of covered.slice(1)) {
+      const gap = e.previousSibling;
+      if (gap && gap.nodeType === Node.TEXT_NODE) gap.remove();
+      e.remove();
+    }
   });
 }
 
@@ -405,6 +432,9 @@ function onServerMessage(s, data) {
       break;
     case 'final':
       appendFinal(msg);
+      break;
+    case 'utterance':
+      applyUtterance(msg);
       break;
     case 'error':
       s.lastError = `Error: ${msg.message || 'unknown error'}${msg.code ? ` (${msg.code})` : ''}`;

@@ -1,0 +1,152 @@
+"""Utterance transcripts: each utterance decoded once more, whole, after its finals.
+
+Finals are committed from short windows and never change, so a word committed early stays
+wrong ("ill disposed" came out as "old supposed", twice). Once an utterance ends (VAD
+silence, the end of the stream, or a buffer cut deep into a long utterance), the session
+decodes its audio again as one window, with the context from before it and no forced prefix,
+and sends an `utterance` message that supersedes the finals of that span for display. Its
+text, not the finals', then becomes the rolling context.
+
+`UtteranceRecorder` keeps what that second decode needs: the utterance's audio (at most
+`UTTERANCE_MAX_S` plus the session's buffer) and the finals it covers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .transcribe import Word
+
+# Whisper decodes at most 30 s in one window, so a longer utterance is closed at a buffer cut:
+# at the first one after a sentence end once it spans LONG_UTTERANCE_S, at any past
+# UTTERANCE_MAX_S.
+LONG_UTTERANCE_S = 20.0
+UTTERANCE_MAX_S = 28.0
+SENTENCE_END = (".", "?", "!")
+
+
+@dataclass(frozen=True)
+class Final:
+    """One `final` message's span and words, as an utterance needs them."""
+
+    start: float
+    end: float
+    words: tuple[Word, ...]
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """A closed utterance waiting for its second decode."""
+
+    audio: np.ndarray
+    offset: float  # stream time of audio[0]
+    finals: tuple[Final, ...]
+    prompt: tuple[int, ...] | None  # the rolling context from before the utterance
+    context: tuple[int, int]  # positions of its words in the rolling context
+
+    @property
+    def start(self) -> float:
+        return self.finals[0].start
+
+    @property
+    def end(self) -> float:
+        return self.finals[-1].end
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for final in self.finals for w in final.words]
+
+
+GAP_S = 1.0  # a stretch this long that the second decode left without words, but finals hold
+
+
+def fill_gaps(words: list[Word], finals: list[Word]) -> list[Word]:
+    """The second decode's words, with the finals' words wherever it wrote nothing for GAP_S
+    or more: on a long window Whisper sometimes skips a sentence (tiny.en left out the first
+    of a 25 s utterance of en_long), and those words were heard once already."""
+    if not words:
+        return list(finals)
+    out: list[Word] = []
+    edges = [(float("-inf"), None)] + [(w.start, w) for w in words]
+    for (_, before), (start, word) in zip(edges, edges[1:]):
+        gap_from = before.end if before is not None else finals[0].start if finals else start
+        if start - gap_from >= GAP_S:
+            out += [f for f in finals if f.start >= gap_from - 0.2 and f.end <= start + 0.2
+                    and (before is None or f.start >= before.end - 0.2)]
+        out.append(word)
+    if finals and finals[-1].end - words[-1].end >= GAP_S:
+        out += [f for f in finals if f.start >= words[-1].end - 0.2]
+    return out
+
+
+def word_count(words: list[Word] | tuple[Word, ...]) -> int:
+    """Words as the rolling context counts them (it splits the joined text on spaces)."""
+    return len("".join(w.word for w in words).split())
+
+
+class UtteranceRecorder:
+    """The audio and finals of the utterance in progress."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._start = 0  # absolute sample of the first chunk
+        self._end = 0  # absolute sample after the last chunk
+        self._finals: list[Final] = []
+        self.context_start = 0  # rolling-context position of its first word
+
+    def begin(self, audio: np.ndarray, audio_start: int, context_position: int) -> None:
+        """A new utterance whose audio starts with `audio` (at sample `audio_start`)."""
+        self._chunks = [audio.copy()]
+        self._start, self._end = audio_start, audio_start + len(audio)
+        self._finals = []
+        self.context_start = context_position
+
+    def extend(self, audio: np.ndarray, audio_start: int) -> None:
+        """Record what `audio` (the session buffer, from `audio_start`) holds past our end."""
+        new = audio[max(0, self._end - audio_start):]
+        if len(new):
+            self._chunks.append(new.copy())
+            self._end = audio_start + len(audio)
+
+    def committed(self, final: Final) -> None:
+        self._finals.append(final)
+
+    def span_s(self, until: float) -> float:
+        return until - self._start / SAMPLE_RATE
+
+    def due(self, cut: float) -> bool:
+        """Whether a long utterance should close at the finals that ended before `cut`."""
+        finals = [f for f in self._finals if f.end <= cut + 0.01]
+        if not finals:
+            return False
+        span = self.span_s(finals[-1].end)
+        last = finals[-1].words[-1].word.rstrip() if finals[-1].words else ""
+        return span >= UTTERANCE_MAX_S or (span >= LONG_UTTERANCE_S and last.endswith(SENTENCE_END))
+
+    def close(self, until: float, prompt: tuple[int, ...] | None, *,
+              audio_end: int | None = None, context_stop: int | None = None) -> Utterance | None:
+        """The finals that ended by `until` (seconds) and their audio, up to `audio_end` (a
+        sample; default: the last final's end); the rest stays for the next utterance.
+        `context_stop` defaults to the end of the closed finals' words."""
+        finals = [f for f in self._finals if f.end <= until + 0.01]
+        if not finals:
+            return None
+        stop = int(round(finals[-1].end * SAMPLE_RATE)) if audio_end is None else audio_end
+        stop = min(stop, self._end)
+        audio = np.concatenate(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        cut = max(0, stop - self._start)
+        if context_stop is None:
+            context_stop = self.context_start + sum(word_count(f.words) for f in finals)
+        utterance = Utterance(audio[:cut].copy(), self._start / SAMPLE_RATE, tuple(finals),
+                              prompt, (self.context_start, context_stop))
+        self._chunks = [audio[cut:].copy()]
+        self._start += cut
+        self._finals = self._finals[len(finals):]
+        self.context_start = context_stop
+        return utterance
+
+    def clear(self) -> None:
+        self._chunks, self._finals = [], []
