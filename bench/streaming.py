@@ -35,7 +35,7 @@ def normalize(text: str) -> str:
 
 
 DATA = ROOT / "tests" / "data"
-FILES = ("en_passage", "en_term", "en_short")
+FILES = ("en_passage", "en_term", "en_short", "en_numbers", "en_long")
 
 
 def read(name: str) -> np.ndarray:
