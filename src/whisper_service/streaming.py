@@ -269,7 +269,7 @@ class StreamingSession:
     @property
     def utterances_due(self) -> bool:
         """The oldest closed utterance's second decode is done (see `decode_utterances`)."""
-        return bool(self._closed_utterances) and self._closed_utterances[0].future.done()
+        return bool(self._closed_utterances) and self._closed_utterances[0].done()
 
     def decode_utterances(self, wait: bool = False) -> list[StreamEvent]:
         """The `utterance` events of the closed utterances whose second decode is done (with
@@ -530,8 +530,8 @@ class StreamingSession:
         utterance = pending.utterance
         finals = utterance.words
         words: list[Word] = []
-        if pending.future is not None:
-            result = pending.future.result()
+        result = pending.result()
+        if result is not None:
             elapsed = pending.elapsed()
             self.stats["utterance_s"] += elapsed
             if self._on_decode:
@@ -578,6 +578,19 @@ class _Pending:
 
     def _finished(self, _: Future[Transcript]) -> None:
         self._done = time.perf_counter()
+
+    def done(self) -> bool:
+        return self.future is None or self.future.done()
+
+    def result(self) -> Transcript | None:
+        """The second decode, or None when there was none or it failed (the model was
+        unloaded under it): the finals then stand for the utterance."""
+        if self.future is None:
+            return None
+        try:
+            return self.future.result()
+        except Exception:
+            return None
 
     def elapsed(self) -> float:
         """Submission to result: the decode's time, plus any wait for a worker."""

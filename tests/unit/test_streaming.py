@@ -878,3 +878,23 @@ def test_fill_gaps_takes_the_finals_where_the_second_decode_wrote_nothing():
     assert texts(fill_gaps(second, finals_)) == ["A", "B", "c", "D", "e", "f"]
     assert texts(fill_gaps([], finals_)) == texts(finals_)
     assert texts(fill_gaps(finals_, finals_)) == texts(finals_)
+
+
+class FailingUtteranceDecoder(GridDecoder):
+    """The second decode fails (as when the model is unloaded under it)."""
+
+    def submit(self, request):
+        if request.options.beam_size != stream_options().utterance_beam_size:
+            return super().submit(request)
+        future: Future = Future()
+        future.set_exception(RuntimeError("the model was unloaded"))
+        return future
+
+
+def test_a_failed_second_decode_leaves_the_finals_as_the_utterance(passage, tiny_en_tokenizer):
+    pcm = build(passage[:10 * SR])
+    session, events = run(FailingUtteranceDecoder(pcm), pcm, tiny_en_tokenizer,
+                          stream_options(utterances=True))
+    us = utterances(events)
+    assert us and session.stats["utterance_fallbacks"] == len(us)
+    assert " ".join(u.text for u in us) == " ".join(f.text for f in finals(events))
