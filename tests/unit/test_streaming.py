@@ -854,15 +854,6 @@ class ForgetfulDecoder(GridDecoder):
         return super().words(t0, t1)
 
 
-def test_an_utterance_never_reads_worse_than_its_finals(passage, tiny_en_tokenizer):
-    pcm = build(passage[:10 * SR])
-    session, events = run(ForgetfulDecoder(pcm), pcm, tiny_en_tokenizer,
-                          stream_options(utterances=True))
-    us = utterances(events)
-    assert us and session.stats["utterance_fallbacks"] == len(us)
-    assert " ".join(u.text for u in us) == " ".join(f.text for f in finals(events))
-
-
 def test_utterances_off_sends_none(passage, tiny_en_tokenizer):
     pcm = build(passage[:10 * SR])
     decoder = GridDecoder(pcm)
@@ -891,9 +882,12 @@ class FailingUtteranceDecoder(GridDecoder):
         return future
 
 
-def test_a_failed_second_decode_leaves_the_finals_as_the_utterance(passage, tiny_en_tokenizer):
+@pytest.mark.parametrize("decoder_class", [ForgetfulDecoder, FailingUtteranceDecoder])
+def test_an_utterance_never_reads_worse_than_its_finals(passage, tiny_en_tokenizer,
+                                                       decoder_class):
+    """A second decode that wrote nothing, or failed, leaves the finals as the utterance."""
     pcm = build(passage[:10 * SR])
-    session, events = run(FailingUtteranceDecoder(pcm), pcm, tiny_en_tokenizer,
+    session, events = run(decoder_class(pcm), pcm, tiny_en_tokenizer,
                           stream_options(utterances=True))
     us = utterances(events)
     assert us and session.stats["utterance_fallbacks"] == len(us)
