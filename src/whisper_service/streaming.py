@@ -59,8 +59,8 @@ class StreamOptions:
     max_buffer_s: float
     beam_size: int
     max_context_tokens: int
-    utterances: bool = False
-    utterance_beam_size: int = 5
+    utterances: bool
+    utterance_beam_size: int
     language: str | None = None
     task: Task = "transcribe"
     static_prompt: str = ""
@@ -378,11 +378,8 @@ class StreamingSession:
         audio, offset = self._audio[:stop], self._audio_start / SAMPLE_RATE
         options = self._transcribe_options(self.context.tokens(), prefix or None)
         started = time.perf_counter()
-        # A static prompt (names, terms) is followed closely only on Whisper's full 30 s
-        # window: with 10-25 s windows tiny.en spelled "Katelynn Smyth" once in four
-        # (test_context_improves_consistency_across_segments), with 30 s every time.
-        pad_s = 30.0 if self.context.static_prompt else None
-        result = self._decoder.decode(DecodeRequest(audio, options, window=True, pad_s=pad_s))
+        result = self._decoder.decode(DecodeRequest(audio, options, window=True,
+                                                    pad_s=self._pad_s))
         elapsed = time.perf_counter() - started
         self.stats["decodes"] += 1
         self.stats["decode_s"] += elapsed
@@ -403,6 +400,14 @@ class StreamingSession:
             self.stats["loops"] += 1
             self.context.reset()
         return new
+
+    @property
+    def _pad_s(self) -> float | None:
+        """The window padding for this session's decodes (None: the model's `window_pad_s`).
+        A static prompt (names, terms) is followed closely only on Whisper's full 30 s
+        window: with 10-25 s windows tiny.en spelled "Katelynn Smyth" once in four
+        (test_context_improves_consistency_across_segments), with 30 s every time."""
+        return 30.0 if self.context.static_prompt else None
 
     def _segment_words(self, result: Transcript, prefix: str,
                        offset: float) -> tuple[list[Word], list[float]]:
@@ -519,9 +524,8 @@ class StreamingSession:
         if 0 < len(closed.audio) <= WINDOW_SAMPLES:
             options = replace(self._transcribe_options(closed.prompt),
                               beam_size=self.options.utterance_beam_size)
-            pad_s = 30.0 if self.context.static_prompt else None
             future = self._decoder.submit(DecodeRequest(closed.audio, options, window=True,
-                                                        pad_s=pad_s))
+                                                        pad_s=self._pad_s))
         self._closed_utterances.append(_Pending(closed, future))
 
     def _utterance_event(self, pending: _Pending) -> tuple[StreamEvent, int]:

@@ -145,11 +145,11 @@ class Decoder:
         are computed here, on the caller's thread, and the scheduler runs them with other
         sessions' windows.
         """
+        if request.window and self.loaded.scheduler is not None:
+            return self.submit(request).result()
         self.check(request.options)
         if request.window:
             window = prepare_window(self.loaded, request)
-            if self.loaded.scheduler is not None:
-                return self.loaded.scheduler.decode(window)
             with self.loaded.slots:
                 return decode_windows(self.loaded, [window])[0]
         return self._decode_file(request, on_progress)
