@@ -6,11 +6,12 @@ sequence of the committed passages (tests/data: en_passage, en_numbers, en_term,
 rotated by i, `--clips` of them with 1 s of silence between) in 100 ms pcm_s16le frames paced
 by the wall clock, starting within the first second. Per N: latency of every committed word
 (arrival of its `final` minus the moment the word's audio was sent), median, p90 and max; each
-client's WER against its own reference; the server's CPU use (share of all cores) and peak
-RSS; and the longest wait for the last final after `end` (a client that fell behind waits
-long). Capacity is the largest N with p90 <= 2.0 s and every client's WER at most its
-single-client WER + 0.02: before the rounds, each sequence is streamed by one client alone.
-WER is counted after Whisper's English normalizer, as the tests count it.
+client's WER against its own reference, of its finals and of the transcript `done` carries
+(what a client keeps: utterances where they came); the server's CPU use (share of all cores)
+and peak RSS; and the longest wait for the last final after `end` (a client that fell behind
+waits long). Capacity is the largest N with p90 <= 2.0 s and every client's transcript WER at
+most its single-client transcript WER + 0.02: before the rounds, each sequence is streamed by
+one client alone. WER is counted after Whisper's English normalizer, as the tests count it.
 
     .venv/bin/python bench/capacity.py [--models tiny.en base] [--clients 1 2 4 8 12 16]
 """
@@ -61,7 +62,9 @@ class ClientResult:
     finals: list[str] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     tail_s: float = float("nan")  # from sending `end` to `done`
-    wer: float = float("nan")
+    text: str | None = None  # the transcript `done` carries (utterances where they came)
+    wer: float = float("nan")  # of the transcript: what a client keeps
+    finals_wer: float = float("nan")
 
 
 def stream_for(client: int, clips: int) -> Stream:
@@ -95,10 +98,13 @@ async def run_client(url: str, model: str, stream: Stream, delay: float) -> Clie
                     result.errors.append(message)
                 elif message["type"] == "done" and ended:
                     result.tail_s = arrived - ended[0]
+                    result.text = message.get("text")
         finally:
             sending.cancel()
             await asyncio.gather(sending, return_exceptions=True)
-    result.wer = english_wer(stream.reference, " ".join(result.finals))
+    result.finals_wer = english_wer(stream.reference, " ".join(result.finals))
+    result.wer = result.finals_wer if result.text is None else \
+        english_wer(stream.reference, result.text)
     return result
 
 
@@ -229,11 +235,12 @@ def main() -> None:
 
     print(f"capacity: {os.cpu_count()} cores; each client streams {args.clips} passage(s) in "
           f"real time; targets: p90 <= {P90_TARGET_S} s, WER <= single-client + {WER_SLACK}\n")
-    print("| model | batching | clients | latency median s | p90 s | max s | WER mean / worst "
-          "| worst WER rise over single-client | CPU % of all cores | windows per batch "
+    print("| model | batching | clients | latency median s | p90 s | max s "
+          "| finals WER mean / worst | transcript WER mean / worst "
+          "| worst transcript WER rise over single-client | CPU % of all cores | windows per batch "
           "| queued per window s | server peak RSS MB "
           "| longest wait for done after end s | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     summary, dump = [], []
     for model in args.models:
         for mode in args.modes:
@@ -242,18 +249,21 @@ def main() -> None:
                 res = row["results"]
                 lat = [x for r in res for x in r.latencies]
                 wers = [r.wer for r in res]
+                finals_wers = [r.finals_wer for r in res]
                 tails = [r.tail_s for r in res if not np.isnan(r.tail_s)]
                 errors = sum(len(r.errors) for r in res)
                 print(f"| {model} | {mode} | {row['n']} | "
                       f"{statistics.median(lat) if lat else float('nan'):.2f} | "
                       f"{percentile(lat, 0.9):.2f} | {max(lat, default=float('nan')):.2f} | "
+                      f"{statistics.mean(finals_wers):.3f} / {max(finals_wers):.3f} | "
                       f"{statistics.mean(wers):.3f} / {max(wers):.3f} | "
                       f"{wer_rise(row, alone):+.3f} | {100 * row['cpu']:.0f} "
                       f"| {row['batch']:.2f} | {row['queued']:.2f} | {row['rss']:.0f} "
                       f"| {max(tails, default=float('nan')):.2f} "
                       f"| {errors} |", flush=True)
                 dump += [{"model": model, "batching": mode, "clients": row["n"], "client": i,
-                          "wer": r.wer, "finals": r.finals}
+                          "wer": r.wer, "finals_wer": r.finals_wer, "finals": r.finals,
+                          "text": r.text}
                          for i, r in enumerate(res)]
             summary.append((model, mode, capacity(rows, alone)))
     if args.dump:

@@ -80,7 +80,7 @@ def transcribe(files: tuple[Path, ...], model: str, language: str, task: str, fm
                output_dir: Path | None, word_timestamps: bool, vad: bool, beam_size: int,
                prompt: str | None, quiet: bool) -> None:
     """Transcribe or translate audio files to txt, srt, vtt or json."""
-    from .audio import AudioError, decode_file
+    from .audio import AudioError
     from .formats import EXTENSIONS, render
     from .transcribe import Decoder, TranscribeOptions
 
@@ -101,12 +101,12 @@ def transcribe(files: tuple[Path, ...], model: str, language: str, task: str, fm
     failures = 0
     for path in files:
         try:
-            audio = decode_file(path)
-        except AudioError as exc:
+            transcript = _decode_with_progress(decoder, path, options, quiet)
+        except AudioError as exc:  # not audio, or too long: found before or while decoding
             click.echo(f"Error: {exc}", err=True)
             failures += 1
             continue
-        text = render(_decode_with_progress(decoder, audio, options, path.name, quiet), fmt, task)
+        text = render(transcript, fmt, task)
         if output_dir is None:
             click.echo(text, nl=False)
             continue
@@ -123,19 +123,30 @@ def transcribe(files: tuple[Path, ...], model: str, language: str, task: str, fm
         raise _fail(f"{failures} of {len(files)} file(s) failed")
 
 
-def _decode_with_progress(decoder, audio, options, name: str, quiet: bool):
-    """Decode one file, with a progress bar in audio seconds when stderr is a terminal."""
+def _decode_with_progress(decoder, path: Path, options, quiet: bool):
+    """Decode one file a chunk at a time (`file_chunk_s`: memory stays that of a chunk
+    however long the file), with a progress bar in audio seconds when stderr is a terminal.
+    The bar's total is the duration the container declares; without one, no total."""
+    from itertools import chain
+
     from tqdm import tqdm
 
-    from .audio import SAMPLE_RATE
-    from .transcribe import DecodeRequest
+    from .audio import declared_duration, iter_audio
 
+    settings = get_settings()
+    chunks = iter_audio(path, settings.file_chunk_s, settings.max_audio_s)
+    first = next(chunks)  # not audio, or declared too long: the error comes before any bar
+    total = declared_duration(path)
     show = not quiet and sys.stderr.isatty()
-    with tqdm(total=round(len(audio) / SAMPLE_RATE, 2), unit="s", desc=name, disable=not show,
-              file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} audio s "
-              "[{elapsed}<{remaining}]") as bar:
-        return decoder.decode(DecodeRequest(audio, options),
-                              on_progress=lambda s: bar.update(max(0.0, min(s, bar.total) - bar.n)))
+    counts = "{n:.1f}/{total:.1f} audio s [{elapsed}<{remaining}]" if total \
+        else "{n:.1f} audio s [{elapsed}]"
+    with tqdm(total=round(total, 2) if total else None, unit="s", desc=path.name,
+              disable=not show, file=sys.stderr,
+              bar_format=("{l_bar}{bar}| " if total else "{desc}: ") + counts) as bar:
+        def progress(seconds: float) -> None:
+            bar.update(max(0.0, min(seconds, bar.total or seconds) - bar.n))
+
+        return decoder.decode_chunks(chain([first], chunks), options, on_progress=progress)
 
 
 def _check_writable(directory: Path) -> None:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, FilePath, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .context import WHISPER_MAX_PROMPT_TOKENS
@@ -40,6 +40,9 @@ class Settings(BaseSettings):
                              "0: one per CPU core for serve, one for the CLI")
     cache_dir: Path = Field(default_factory=_default_cache_dir,
                             description="assembled and downloaded models")
+    models: str = Field("", description="comma-separated models clients may request (names, "
+                        "local paths or hub names); empty: the bundled ones. The default model "
+                        "is always allowed; nothing else is loaded for a client")
     max_loaded_models: int = Field(0, ge=0, description="evict the least recently used idle "
                                    "model past this; 0: no cap")
     model_idle_ttl_s: float = Field(0.0, ge=0, description="unload models nobody used for "
@@ -88,7 +91,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="where serve listens")
     port: int = Field(8000, ge=0, le=65535, description="where serve listens")
     api_key: str | None = Field(None, description="when set, every endpoint but /health "
-                                "needs it")
+                                "needs it; several keys: comma-separated")
+    api_keys_file: FilePath | None = Field(None, description="more keys, one a line (blank "
+                                           "lines and # comments skipped)")
+    ticket_ttl_s: float = Field(30.0, gt=0, le=3600, description="how long a single-use "
+                                "WebSocket ticket (POST /v1/stream/ticket) stays valid")
     max_sessions: int = Field(16, ge=1, description="concurrent streaming sessions")
     max_lag_s: float = Field(3.0, gt=0, description="new streams get server_busy while the "
                              "open ones lag this far behind their audio, on average")
@@ -97,7 +104,28 @@ class Settings(BaseSettings):
                                   "this long is finished")
     max_ws_message_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket "
                                       "audio frame")
+    max_file_jobs: int = Field(2, ge=1, description="file transcriptions that run at once "
+                               "(each holds one chunk of audio; the decode slots are shared "
+                               "with the streams)")
+    max_file_queue: int = Field(8, ge=0, description="file transcriptions that may wait for a "
+                                "turn; more get server_busy with Retry-After")
+    rate_limit_per_minute: float = Field(0.0, ge=0, description="requests per minute per API "
+                                         "key (or address without one) on the file and stream "
+                                         "endpoints; 0: no limit")
+    rate_limit_burst: int = Field(10, ge=1, description="requests a client may make at once "
+                                  "before the rate limit applies")
     max_upload_bytes: int = Field(100 << 20, ge=1024, description="largest file upload")
+    # Bytes do not bound audio: 2 MB of FLAC held 3 h of silence, which took the server from
+    # 250 MB to 2.5 GB decoded whole. Files are decoded and transcribed a chunk at a time.
+    max_audio_s: float = Field(4 * 3600.0, gt=0, description="longest audio a file may hold "
+                               "(seconds); longer uploads get 413 audio_too_long, found "
+                               "while decoding")
+    # faster-whisper's features cost ~1 MB per second of a chunk: 10 min of speech in one
+    # chunk peaked at +617-656 MB, in 120 s chunks at +179-206 MB, in 60 s at +122 MB, for
+    # the same time (36-44 s, tiny.en) and WER (0.033-0.040, within a few words).
+    file_chunk_s: float = Field(120.0, ge=30, le=3600, description="files are decoded and "
+                                "transcribed this many seconds at a time, each chunk prompted "
+                                "with the text before it (memory per file: that of a chunk)")
 
     @model_validator(mode="after")
     def _chunk_fits_buffer(self) -> Settings:

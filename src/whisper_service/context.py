@@ -39,7 +39,7 @@ class RollingContext:
         self._static_tokens = self._count(self._static_prompt) if self._static_prompt else 0
         if self._static_tokens > max_context_tokens:
             raise ValueError(
-                f"static prompt has {self._static_tokens} tokens, more than "
+                f"static_prompt: {self._static_tokens} tokens, more than "
                 f"max_context_tokens={max_context_tokens}"
             )
         # (word, tokens of " " + word); the running sum avoids re-encoding on every trim.

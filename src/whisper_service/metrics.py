@@ -102,6 +102,8 @@ class Metrics:
         self.session_lag = Gauge("whisper_session_lag_seconds", "Audio a streaming session has "
                                  "received but not decoded yet", ["session"],
                                  registry=self.registry)
+        self.file_jobs = Gauge("whisper_file_jobs", "File transcriptions running or waiting "
+                               "for a turn", ["state"], registry=self.registry)
         self.rejected = Counter("whisper_rejected", "Requests or sessions refused", ["reason"],
                                 registry=self.registry)
 

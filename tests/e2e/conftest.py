@@ -32,9 +32,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, key: str = "") -> bool:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        with urllib.request.urlopen(f"{url}/ready", timeout=2) as res:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/ready", headers=headers),
+                                    timeout=2) as res:
             return res.status == 200
     except (urllib.error.URLError, ConnectionError, OSError):
         return False
@@ -52,23 +54,26 @@ class ServerProcess:
 
 
 @contextmanager
-def run_server(model: str = "tiny.en") -> Iterator[ServerProcess]:
-    """A `whisper-service serve` process, ready to take requests; stopped on exit."""
+def run_server(model: str = "tiny.en", env: dict[str, str] | None = None,
+               log_level: str = "warning") -> Iterator[ServerProcess]:
+    """A `whisper-service serve` process, ready to take requests; stopped on exit. `env` adds
+    variables to the test process's environment."""
     exe = Path(sys.executable).with_name("whisper-service")
     assert exe.exists(), f"console script not found next to the interpreter: {exe}"
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ)  # inherits WHISPER_SERVICE_CACHE_DIR from tests/conftest.py
+    env = {**os.environ, **(env or {})}  # inherits WHISPER_SERVICE_CACHE_DIR (tests/conftest.py)
     log = tempfile.TemporaryFile(mode="w+b", prefix="whisper-service-e2e-")
     proc = subprocess.Popen(
         [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model,
-         "--log-level", "warning"],
+         "--log-level", log_level],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     server = ServerProcess(url, proc, log)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not _ready(url):
+        key = env.get("WHISPER_SERVICE_API_KEY", "").split(",")[0].strip()
+        while not _ready(url, key):
             if proc.poll() is not None:
                 pytest.fail(f"whisper-service exited with {proc.returncode}:\n{server.output()}")
             if time.monotonic() > deadline:

@@ -289,3 +289,35 @@ def test_health_ready_metrics(client_for, model_manager):
     page = client.get("/")
     assert page.status_code == 200 and "<html" in page.text.lower()
     assert json.loads(client.get("/v1/models").text)["data"][0]["id"] == "tiny.en"
+
+
+def test_models_off_the_allow_list_are_refused_alike_and_never_loaded(client_for,
+                                                                      model_manager):
+    """Clients can neither probe the server's files nor load models the operator did not
+    list: a missing path, an existing directory, a real model directory on the server and a
+    hub name all get the same answer, and nothing new is loaded."""
+    from whisper_service.registry import resolve
+
+    client = client_for(models="tiny.en")
+    loaded = set(model_manager.pipelines)
+    model_dir = str(resolve("tiny.en", model_manager.cache_dir))
+    wav = (DATA / "en_short.wav").read_bytes()
+    names = ["/etc", "/no/such/dir", model_dir, "Systran/faster-whisper-large-v3", "base"]
+    answers = []
+    for name in names:
+        res = client.post("/v1/audio/transcriptions", data={"model": name},
+                          files={"file": ("a.wav", wav)})
+        assert res.status_code == 404 and res.json()["error"]["code"] == "model_not_found"
+        answers.append(res.json()["error"]["message"].replace(repr(name), "NAME"))
+        with client.websocket_connect("/v1/stream") as ws:
+            ws.send_json({"type": "config", "model": name})
+            error = ws.receive_json()
+            assert error["code"] == "model_not_found"
+            assert error["message"].replace(repr(name), "NAME") == answers[0]
+    assert len(set(answers)) == 1 and model_dir not in answers[0]
+    assert set(model_manager.pipelines) == loaded
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["tiny.en"]
+    # What is listed works.
+    ok = client.post("/v1/audio/transcriptions", data={"model": "tiny.en"},
+                     files={"file": ("a.wav", wav)})
+    assert ok.status_code == 200 and ok.json()["text"]

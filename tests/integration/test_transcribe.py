@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 from faster_whisper import WhisperModel
 
-from tests.conftest import assert_wer, english_wer, read_wav, reference
+from tests.conftest import DATA, assert_wer, duration, english_wer, read_wav, reference
+from whisper_service.audio import iter_audio
 from whisper_service.context import init_context
 from whisper_service.text import normalize
 from whisper_service.transcribe import (
@@ -177,3 +178,25 @@ def test_batched_windows_equal_windows_decoded_alone(tiny_en):
     requests = [DecodeRequest(read_wav_data(n)[s * 16000:e * 16000], w.options, window=True)
                 for (n, s, e, _), w in zip(cuts, windows)]
     assert [Decoder(tiny_en).decode(r).text for r in requests] == [t.text for t in batched]
+
+
+def test_long_file_in_chunks_reads_like_the_whole(tiny_en):
+    """en_long (65.6 s) decoded 20 s at a time from the file, as uploads and the CLI decode
+    long files `file_chunk_s` at a time: four chunks, each cut in a pause and prompted with
+    the text before it, read as well as the whole, on one timeline from start to end."""
+    path = DATA / "en_long.wav"
+    options = TranscribeOptions(language="en", word_timestamps=True)
+    result = Decoder(tiny_en).decode_chunks(iter_audio(path, chunk_s=20), options)
+    assert_wer("chunked tiny.en en_long", reference("en_long"), result.text, 0.1)
+    assert result.duration == pytest.approx(duration("en_long"), abs=0.01)
+    segments = result.segments
+    assert [s.id for s in segments] == list(range(1, len(segments) + 1))
+    assert all(a.end <= b.start + 1e-3 for a, b in zip(segments, segments[1:]))
+    words = [w for s in segments for w in s.words]
+    assert all(a.start <= b.start for a, b in zip(words, words[1:]))
+    assert all(s.start - 0.5 <= w.start and w.end <= s.end + 0.5 for s in segments
+               for w in s.words)
+    # Speech runs from the first second to the last, with pauses under a second: so must
+    # the text, across every seam (a chunk whose text went missing leaves a gap).
+    assert segments[0].start < 1.0 and segments[-1].end > result.duration - 2.0
+    assert max(b.start - a.end for a, b in zip(segments, segments[1:])) < 2.0

@@ -1,8 +1,21 @@
+import io
+import time
+import tracemalloc
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from tests.conftest import duration, write_wav
-from whisper_service.audio import AudioError, as_float32, decode_file, pcm_to_float
+from tests.conftest import duration, read_wav, write_wav
+from whisper_service.audio import (
+    AudioError,
+    AudioTooLong,
+    as_float32,
+    declared_duration,
+    decode_file,
+    iter_audio,
+    pcm_to_float,
+)
 
 
 def test_decode_committed_wav(data_dir):
@@ -72,3 +85,111 @@ def test_as_float32_accepts_int16_and_rejects_2d():
     assert as_float32(np.array([16384], dtype=np.int16))[0] == pytest.approx(0.5)
     with pytest.raises(AudioError, match="mono"):
         as_float32(np.zeros((2, 10), dtype=np.float32))
+
+
+# --- Bounded decoding: iter_audio decodes as asked and stops at the length limit ---
+
+
+class _Pipe(io.RawIOBase):
+    """A write-only, unseekable sink: FLAC written to it cannot go back to fill in its
+    length, as when an encoder writes to a pipe, so its container declares no duration."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk) -> int:
+        self.data += bytes(chunk)
+        return len(chunk)
+
+
+def _silent_flac(sink, seconds: int, rate: int = 8000) -> None:
+    """`seconds` of digital silence as FLAC (an hour is ~0.4 MB, ~230 MB as float32)."""
+    import av
+
+    block = np.zeros((1, rate * 10), np.int16)
+    with av.open(sink, "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=rate, layout="mono")
+        for _ in range(seconds // 10):
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def hour_of_silence(tmp_path_factory) -> dict[str, Path]:
+    """One hour of silence twice: a file that declares its length, and one that does not."""
+    folder = tmp_path_factory.mktemp("silence")
+    declared, undeclared = folder / "declared.flac", folder / "undeclared.flac"
+    _silent_flac(str(declared), 3600)
+    pipe = _Pipe()
+    _silent_flac(pipe, 3600)
+    undeclared.write_bytes(bytes(pipe.data))
+    assert undeclared.stat().st_size < 2_000_000  # precondition: tiny on disk
+    return {"declared": declared, "undeclared": undeclared}
+
+
+def test_iter_audio_chunks_join_to_the_whole_file(data_dir):
+    path = data_dir / "en_long.wav"
+    chunks = list(iter_audio(path, chunk_s=20))
+    assert [len(c) for c in chunks[:-1]] == [20 * 16000] * (len(chunks) - 1)
+    assert 0 < len(chunks[-1]) <= 20 * 16000 and len(chunks) == 4  # 65.6 s
+    joined = np.concatenate(chunks)
+    assert all(c.dtype == np.float32 for c in chunks)
+    np.testing.assert_allclose(joined, decode_file(path), atol=1e-6)
+    np.testing.assert_allclose(joined, read_wav(path), atol=1e-6)  # independent reader
+
+
+def test_declared_duration(hour_of_silence, tmp_path):
+    assert declared_duration(hour_of_silence["declared"]) == pytest.approx(3600)
+    assert declared_duration(hour_of_silence["undeclared"]) is None
+    assert declared_duration(tmp_path / "missing.flac") is None
+
+
+def _peak_bytes(run) -> int:
+    """Peak traced allocation while `run` goes (NumPy arrays are traced)."""
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_declared_length_past_the_limit_is_refused_before_decoding(hour_of_silence):
+    path = hour_of_silence["declared"]
+    started = time.perf_counter()
+    chunks = iter_audio(path, chunk_s=30, max_s=60)
+    with pytest.raises(AudioTooLong, match=r"limit of 60 s \(0:01:00\); it declares 3600 s"):
+        next(chunks)
+    assert time.perf_counter() - started < 0.5  # decoding the hour takes ~1.5 s
+
+
+def test_undeclared_length_is_refused_as_soon_as_the_limit_passes(hour_of_silence):
+    """No duration in the container: the samples are counted, and decoding stops just past
+    60 s, so an hour of audio costs a few MB, not the 230 MB of float32 it holds."""
+    path = hour_of_silence["undeclared"]
+    yielded = []
+
+    def run() -> None:
+        with pytest.raises(AudioTooLong, match=r"longer than the limit of 60 s") as info:
+            for chunk in iter_audio(path, chunk_s=30, max_s=60, name="talk.flac"):
+                yielded.append(len(chunk))
+        assert str(info.value).startswith("talk.flac: ")
+
+    peak = _peak_bytes(run)
+    # Chunks within the limit, then the error (the frame that crosses 60 s raises).
+    assert yielded and set(yielded) == {30 * 16000} and sum(yielded) <= 60 * 16000
+    assert peak < 20e6, f"peak {peak / 1e6:.0f} MB while refusing 1 h of audio"
+
+
+def test_decode_file_takes_the_limit(hour_of_silence, data_dir):
+    with pytest.raises(AudioTooLong):
+        decode_file(hour_of_silence["undeclared"], max_s=45)
+    assert len(decode_file(data_dir / "en_short.wav", max_s=10)) == round(
+        duration("en_short") * 16000)

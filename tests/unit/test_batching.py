@@ -153,3 +153,55 @@ def test_a_session_steps_longer_as_windows_queue_per_worker():
         loads.append(decoder.load())
     assert loads == [1.0, 2.0, 5.0]
     assert Decoder(SimpleNamespace(scheduler=None)).load() == 1.0  # batching off: no signal
+
+
+def test_background_requests_wait_behind_foreground_ones_and_do_not_count_as_depth():
+    runner = Runner()
+    s = scheduler(runner, max_batch=4)
+    first = blocked(runner, s)
+    late = s.submit(("u", 1), background=True)  # an utterance's second look
+    streams = [s.submit(("a", 1)), s.submit(("b", 1))]
+    assert s.depth == 2  # the streams' backlog only
+    runner.gate.set()
+    wait([first, late, *streams], timeout=10)
+    # Queued first, yet run last: every foreground window went before it.
+    assert runner.batches == [[("a", 0)], [("a", 1)], [("b", 1)], [("u", 1)]]
+    assert late.result() == "u:1"
+    s.close()
+
+
+def test_background_requests_keep_a_slot_free_for_the_streams():
+    """With two workers, background batches use at most one: a stream's window that
+    arrives while one runs starts at once on the other."""
+    gate = threading.Event()
+    running: list[str] = []
+
+    def run(requests):
+        running.extend(requests)
+        if requests[0].startswith("u"):
+            gate.wait(10)
+        return list(requests)
+
+    s = BatchScheduler(run, key=lambda r: r, slots=threading.Semaphore(2), workers=2,
+                       max_batch=4, max_defer_s=60)
+    held = [s.submit("u1", background=True), s.submit("u2", background=True)]
+    time.sleep(0.2)
+    assert running == ["u1"]  # the second waits: one slot stays free for a stream
+    assert s.submit("a").result(5) == "a"  # runs beside the background batch
+    gate.set()
+    assert [f.result(5) for f in held] == ["u1", "u2"]
+    s.close()
+
+
+def test_a_deferred_background_request_runs_after_max_defer_s_even_under_load():
+    runner = Runner()
+    s = BatchScheduler(runner, key=lambda r: r[0], slots=threading.Semaphore(1), workers=1,
+                       max_batch=1, max_defer_s=0.3)
+    first = blocked(runner, s)
+    late = s.submit(("u", 1), background=True)
+    time.sleep(0.4)  # it is now older than max_defer_s
+    newer = [s.submit(("a", n)) for n in (1, 2)]
+    runner.gate.set()
+    wait([first, late, *newer], timeout=10)
+    assert runner.batches == [[("a", 0)], [("u", 1)], [("a", 1)], [("a", 2)]]
+    s.close()

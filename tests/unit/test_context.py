@@ -155,9 +155,9 @@ def test_bad_max_context_tokens_rejected(tokenizer, bad: int) -> None:
 def test_static_prompt_too_long_rejected(tokenizer) -> None:
     static = "word " * 300
     n = sent_tokens(tokenizer, static)
-    with pytest.raises(ValueError, match=rf"static prompt has {n} tokens.*max_context_tokens=223"):
+    with pytest.raises(ValueError, match=rf"static_prompt: {n} tokens.*max_context_tokens=223"):
         RollingContext(tokenizer, static)
-    with pytest.raises(ValueError, match=r"static prompt has \d+ tokens.*max_context_tokens=3"):
+    with pytest.raises(ValueError, match=r"static_prompt: \d+ tokens.*max_context_tokens=3"):
         RollingContext(tokenizer, "one two three four five", max_context_tokens=3)
 
 
@@ -245,7 +245,7 @@ def test_property_static_too_long_always_rejected(
     assume(static.strip())
     n = sent_tokens(tokenizer, static)
     if n > max_tokens:
-        with pytest.raises(ValueError, match=f"static prompt has {n} tokens"):
+        with pytest.raises(ValueError, match=f"static_prompt: {n} tokens"):
             init_context(tokenizer, static, max_tokens)
     else:
         ctx = init_context(tokenizer, static, max_tokens)

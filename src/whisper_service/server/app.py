@@ -8,32 +8,51 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from ..audio import SAMPLE_RATE
 from ..config import Settings, get_settings
 from ..models import LoadedModel, ModelManager
+from ..registry import ModelNotFoundError
 from ..transcribe import Decoder, DecodeRequest, TranscribeOptions
 from ..vad import get_vad_model
-from . import health, openai, stream
+from . import health, openai, stream, tickets
+from .admission import RateLimitMiddleware
 from .auth import ApiKeyMiddleware
-from .errors import ApiError, api_error_handler
+from .errors import (
+    ApiError,
+    api_error_handler,
+    http_error_handler,
+    model_not_found_handler,
+    validation_error_handler,
+)
 from .health import STATIC
+from .logs import install_redaction
 from .service import Service
 
 
 def create_app(settings: Settings | None = None, manager: ModelManager | None = None) -> FastAPI:
     """The server on a ModelManager of its own, or on a shared one (tests share theirs)."""
     settings = settings or get_settings()
+    install_redaction()  # keys and tickets in query strings never reach uvicorn's logs
     service = Service(settings, manager or ModelManager.from_settings(settings, concurrent=True))
     app = FastAPI(title="Whisper Service", version="0.1.0", lifespan=_lifespan)
     app.state.service = service
+    if service.rate_limit.enabled:  # inside the key check: only known clients spend tokens
+        app.add_middleware(RateLimitMiddleware, limiter=service.rate_limit,
+                           prefixes=("/v1/audio/", "/v1/stream/ticket"),
+                           on_reject=service.metrics.rejected.labels("rate_limited").inc)
     app.add_middleware(ApiKeyMiddleware, api_key=service.api_key,
                        on_reject=service.metrics.rejected.labels("unauthorized").inc)
     app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(ModelNotFoundError, model_not_found_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (health, openai, stream):
+    for module in (health, openai, stream, tickets):
         app.include_router(module.router)
     return app
 

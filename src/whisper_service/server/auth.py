@@ -1,36 +1,179 @@
-"""The optional API key: one check for HTTP requests and WebSocket handshakes alike."""
+"""The optional API keys: one check for HTTP requests and WebSocket handshakes alike.
+
+Browsers cannot set headers on a WebSocket. Rather than put the long-lived key in the
+socket's URL (where proxies and access logs keep it), the page trades it, in a header, for a
+single-use ticket (`Tickets`) and puts that in the URL; or a client offers the key as a
+`bearer.<key>` subprotocol. `?api_key=` still works, for existing clients.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..config import Settings
 from .errors import error_response
 
 # The page and its assets hold no data, and liveness probes carry no key.
 PUBLIC_PATHS = ("/health", "/")
 PUBLIC_PREFIXES = ("/static/",)
 
+# A client offers `[SUBPROTOCOL, "bearer.<key>"]`; the server accepts with SUBPROTOCOL, since
+# browsers drop a socket whose server picks none of the offered ones (and the key is no echo).
+SUBPROTOCOL = "whisper-service"
+BEARER_PREFIX = "bearer."
+MAX_TICKETS = 10_000
+
+
+class KeysFileError(ValueError):
+    """`WHISPER_SERVICE_API_KEYS_FILE` cannot be read or holds no key: refuse to start rather
+    than serve without the protection the operator asked for."""
+
+
+def split_keys(value: str | None) -> list[str]:
+    """`WHISPER_SERVICE_API_KEY` may list several keys, comma-separated."""
+    return [key.strip() for key in (value or "").split(",") if key.strip()]
+
+
+def read_keys_file(path: Path) -> list[str]:
+    """One key a line; blank lines and lines starting with `#` are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise KeysFileError(f"WHISPER_SERVICE_API_KEYS_FILE: cannot read {path} ({reason})") \
+            from None
+    keys = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise KeysFileError(f"WHISPER_SERVICE_API_KEYS_FILE: {path} holds no keys")
+    return keys
+
+
+class TicketsExhausted(Exception):
+    """Too many tickets outstanding; the store is bounded so it cannot grow without end."""
+
+
+class Tickets:
+    """Single-use WebSocket tickets, each valid for `ttl_s` from its issue.
+
+    A ticket is gone once used, valid or not. Expired ones are pruned on every issue and use:
+    with one TTL for all, issue order is expiry order, so they sit at the front of the dict.
+    Tickets live in this process only (one server process serves both the ticket and the
+    socket)."""
+
+    def __init__(self, ttl_s: float = 30.0, limit: int = MAX_TICKETS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.limit, self.clock = ttl_s, limit, clock
+        self._expiry: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def issue(self) -> str:
+        self._prune()
+        if len(self._expiry) >= self.limit:
+            raise TicketsExhausted(f"{self.limit} stream tickets outstanding; use them or "
+                                   f"wait {self.ttl_s:g} s")
+        ticket = secrets.token_urlsafe(32)
+        self._expiry[ticket] = self.clock() + self.ttl_s
+        return ticket
+
+    def redeem(self, ticket: str) -> bool:
+        """True once for a ticket issued less than `ttl_s` ago."""
+        self._prune()
+        expiry = self._expiry.pop(ticket, None)
+        return expiry is not None and self.clock() < expiry
+
+    def _prune(self) -> None:
+        now = self.clock()
+        while self._expiry:
+            ticket, expiry = next(iter(self._expiry.items()))
+            if expiry > now:
+                return
+            del self._expiry[ticket]
+
 
 class ApiKey:
-    """Compares a request's key with the configured one in constant time.
+    """The one place that checks keys: a request's key against every configured key.
 
-    Browsers cannot set headers on a WebSocket, so `?api_key=` is accepted besides
-    `Authorization: Bearer` and `X-API-Key`."""
+    Each check compares with all keys through `hmac.compare_digest`, never stopping at a
+    match, so its time tells neither which key matched nor how much of one. The first
+    credential a request carries is the one checked: a wrong header is not rescued by a
+    right `?api_key=`."""
 
-    def __init__(self, key: str | None) -> None:
-        self.key = key
+    def __init__(self, keys: str | Iterable[str] | None,
+                 tickets: Tickets | None = None) -> None:
+        listed = split_keys(keys) if keys is None or isinstance(keys, str) else list(keys)
+        self._keys = [key.encode() for key in listed if key]
+        self.tickets = tickets if tickets is not None else Tickets()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiKey:
+        """`api_key` (comma-separated) plus the lines of `api_keys_file`."""
+        keys = split_keys(settings.api_key)
+        if settings.api_keys_file is not None:
+            keys += read_keys_file(settings.api_keys_file)
+        return cls(keys, Tickets(settings.ticket_ttl_s))
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys)
 
     def allows(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
-        if not self.key:
+        """An HTTP request: `Authorization: Bearer`, `X-API-Key`, or `?api_key=`."""
+        if not self._keys:
             return True
-        auth = headers.get("authorization", "")
-        given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key")
-        given = given or query.get("api_key") or ""
-        return hmac.compare_digest(given.encode(), self.key.encode())
+        return self._matches(_header_key(headers) or query.get("api_key") or "")
+
+    def allows_websocket(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
+        """A WebSocket handshake: as HTTP, or a `bearer.<key>` subprotocol, or `?ticket=`
+        (which is used up by this check)."""
+        if not self._keys:
+            return True
+        given = presented_key(headers, query)
+        if not given and query.get("ticket"):
+            return self.tickets.redeem(query["ticket"])
+        return self._matches(given or "")
+
+    @staticmethod
+    def subprotocol(headers: Mapping[str, str]) -> str | None:
+        """The subprotocol to accept a WebSocket with: ours if the client offered it."""
+        return SUBPROTOCOL if SUBPROTOCOL in _offered_subprotocols(headers) else None
+
+    def _matches(self, given: str) -> bool:
+        candidate = given.encode()
+        found = False
+        for key in self._keys:
+            found |= hmac.compare_digest(candidate, key)
+        return found
+
+
+def presented_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """The key a request or handshake carries, wherever it carries it (the first found)."""
+    return _header_key(headers) or _subprotocol_key(headers) or query.get("api_key")
+
+
+def _header_key(headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key")
+
+
+def _offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
+    offered = headers.get("sec-websocket-protocol", "")
+    return [name.strip() for name in offered.split(",") if name.strip()]
+
+
+def _subprotocol_key(headers: Mapping[str, str]) -> str | None:
+    for name in _offered_subprotocols(headers):
+        if name.lower().startswith(BEARER_PREFIX):
+            return name[len(BEARER_PREFIX):]
+    return None
 
 
 class ApiKeyMiddleware:

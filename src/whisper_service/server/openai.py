@@ -6,19 +6,23 @@ Clients written for OpenAI's SDKs work by changing the base URL; errors use Open
 from __future__ import annotations
 
 import io
+import itertools
 import time
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..audio import AudioError, decode_file
+from ..audio import AudioError, AudioTooLong, iter_audio
+from ..config import Settings
 from ..formats import MEDIA_TYPES, render
 from ..models import ModelInUseError
-from ..registry import BUNDLED, ModelNotFoundError, parse_language
-from ..transcribe import Decoder, DecodeRequest, Task, TranscribeOptions, Transcript
+from ..registry import ModelNotFoundError, parse_language
+from ..transcribe import Decoder, Task, TranscribeOptions, Transcript
 from .errors import ApiError
 from .service import Service, get_service
 
@@ -33,7 +37,7 @@ class AudioForm(BaseModel):
     language: str | None = None
     prompt: str | None = None
     response_format: str = "json"
-    temperature: float = 0.0
+    temperature: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)  # OpenAI's range
     timestamp_granularities: list[str] = Field(default_factory=list,
                                                alias="timestamp_granularities[]")
 
@@ -54,20 +58,21 @@ class AudioForm(BaseModel):
 @router.post("/audio/transcriptions")
 async def transcriptions(request: Request, file: Annotated[UploadFile, File()],
                          form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
-    return await _transcribe_upload(service, request, file, form, "transcribe")
+    async with service.files.turn():
+        return await _transcribe_upload(service, request, file, form, "transcribe")
 
 
 @router.post("/audio/translations")
 async def translations(request: Request, file: Annotated[UploadFile, File()],
                        form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
-    return await _transcribe_upload(service, request, file, form, "translate")
+    async with service.files.turn():
+        return await _transcribe_upload(service, request, file, form, "translate")
 
 
 @router.get("/models")
 async def list_models(service: ServiceDep) -> dict[str, Any]:
-    manager = service.manager
-    loaded = {k.name: m for k, m in manager.pipelines.items()}
-    names = list(dict.fromkeys([service.settings.default_model, *BUNDLED, *loaded]))
+    loaded = {k.name: m for k, m in service.manager.pipelines.items()}
+    names = service.allowed_models  # exactly what clients may request
     return {"object": "list", "data": [
         {"id": name, "object": "model", "owned_by": "whisper-service",
          "loaded": name in loaded,
@@ -80,8 +85,9 @@ async def _transcribe_upload(service: Service, request: Request, file: UploadFil
                              form: AudioForm, task: Task) -> Response:
     data = await _read_upload(request, file, service.settings.max_upload_bytes)
     options = form.options(task)
-    audio = await _decode_audio(data, file.filename or "file")
-    transcript = await _decode(service, service.model_name(form.model), audio, options)
+    model = service.model_name(form.model)  # refused before any audio is decoded
+    chunks = await _decode_audio(data, file.filename or "file", service.settings)
+    transcript = await _decode(service, model, chunks, options)
     body = render(transcript, form.response_format, task)  # type: ignore[arg-type]
     return Response(body, media_type=MEDIA_TYPES[form.response_format])
 
@@ -97,14 +103,29 @@ async def _read_upload(request: Request, file: UploadFile, limit: int) -> bytes:
     return data
 
 
-async def _decode_audio(data: bytes, name: str):
+async def _decode_audio(data: bytes, name: str, settings: Settings) -> Iterator[np.ndarray]:
+    """The upload's audio, `file_chunk_s` at a time, decoded as transcription asks for it (the
+    whole file as float32 never exists). The first chunk is decoded here, in a worker thread,
+    so a file that is not audio, or declares itself too long, is refused before any model
+    work."""
+    chunks = iter_audio(io.BytesIO(data), settings.file_chunk_s, settings.max_audio_s, name)
     try:
-        return await run_in_threadpool(decode_file, io.BytesIO(data), name)
+        first = await run_in_threadpool(next, chunks)  # iter_audio yields a chunk or raises
     except AudioError as exc:
-        raise ApiError(400, "invalid_audio", str(exc)) from None
+        raise _audio_refused(exc) from None
+    return itertools.chain([first], chunks)
 
 
-async def _decode(service: Service, name: str, audio, options: TranscribeOptions) -> Transcript:
+def _audio_refused(exc: AudioError) -> ApiError:
+    if isinstance(exc, AudioTooLong):
+        return ApiError(413, "audio_too_long", str(exc))
+    return ApiError(400, "invalid_audio", str(exc))
+
+
+async def _decode(service: Service, name: str, chunks: Iterable[np.ndarray],
+                  options: TranscribeOptions) -> Transcript:
+    """Transcribe the chunks in a worker thread, one at a time; audio past the limit is only
+    found there when the container did not declare its length."""
     try:
         loaded = await run_in_threadpool(service.manager.acquire, name)
     except ModelNotFoundError as exc:
@@ -115,7 +136,9 @@ async def _decode(service: Service, name: str, audio, options: TranscribeOptions
         decoder = Decoder(loaded)
         decoder.check(options)
         started = time.perf_counter()
-        transcript = await run_in_threadpool(decoder.decode, DecodeRequest(audio, options))
+        transcript = await run_in_threadpool(decoder.decode_chunks, chunks, options)
+    except AudioError as exc:  # decoding the later chunks
+        raise _audio_refused(exc) from None
     except ValueError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
     finally:

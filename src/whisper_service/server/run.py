@@ -8,6 +8,7 @@ import uvicorn
 
 from ..config import Settings
 from .app import create_app
+from .auth import KeysFileError
 from .service import Service
 
 
@@ -30,7 +31,10 @@ class DrainingServer(uvicorn.Server):
 
 def run(settings: Settings, log_level: str = "info") -> None:
     """Serve until a signal; `settings` carry host, port and everything else."""
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except KeysFileError as exc:  # unreadable or empty: one line, no traceback
+        raise SystemExit(f"Error: {exc}") from None
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
                             ws_max_size=settings.max_ws_message_bytes + 1024)
     DrainingServer(config, app.state.service).run()

@@ -14,6 +14,8 @@ from starlette.requests import HTTPConnection
 from ..config import Settings
 from ..metrics import Metrics
 from ..models import ModelManager
+from ..registry import BUNDLED, ModelNotFoundError
+from .admission import FileAdmission, RateLimiter
 from .auth import ApiKey
 from .errors import ProtocolError
 
@@ -82,17 +84,42 @@ class Service:
     metrics: Metrics = field(init=False)
     sessions: Sessions = field(init=False)
     api_key: ApiKey = field(init=False)
+    files: FileAdmission = field(init=False)
+    rate_limit: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.api_key = ApiKey(self.settings.api_key)
+        self.api_key = ApiKey.from_settings(self.settings)
         self.metrics = Metrics(self.manager)
         self.sessions = Sessions(self.settings.max_sessions, self.settings.max_lag_s,
                                  self.metrics)
+        self.files = FileAdmission(self.settings.max_file_jobs, self.settings.max_file_queue,
+                                   on_change=self._file_jobs,
+                                   on_reject=self.metrics.rejected.labels("files_busy").inc)
+        self.rate_limit = RateLimiter(self.settings.rate_limit_per_minute,
+                                      self.settings.rate_limit_burst)
+
+    def _file_jobs(self, running: int, waiting: int) -> None:
+        self.metrics.file_jobs.labels("running").set(running)
+        self.metrics.file_jobs.labels("waiting").set(waiting)
+
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        """What clients may name: the operator's list (`WHISPER_SERVICE_MODELS`), or the
+        bundled models, and always the default one."""
+        listed = [name.strip() for name in self.settings.models.split(",") if name.strip()]
+        return tuple(dict.fromkeys([self.settings.default_model, *(listed or BUNDLED)]))
 
     def model_name(self, requested: str | None) -> str:
-        """The model a request means: its own, or the default for none or OpenAI's alias."""
+        """The model a request means: its own, or the default for none or OpenAI's alias.
+
+        A name off the allow-list is refused before anything resolves it, with the same
+        answer whether or not such a path or hub model exists: clients can neither probe the
+        server's files nor make it download and load models the operator did not choose."""
         if not requested or requested in OPENAI_ALIASES:
             return self.settings.default_model
+        if requested not in self.allowed_models:
+            raise ModelNotFoundError(f"model {requested!r} is not available on this server; "
+                                     f"available: {', '.join(self.allowed_models)}")
         return requested
 
 

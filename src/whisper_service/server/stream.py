@@ -82,11 +82,13 @@ class StreamHandler:
         self.received_s = 0.0  # audio read from the socket, pushed or still queued
 
     async def run(self) -> None:
-        await self.ws.accept()
+        api_key = self.service.api_key
+        await self.ws.accept(subprotocol=api_key.subprotocol(self.ws.headers))
         try:
-            if not self.service.api_key.allows(self.ws.headers, self.ws.query_params):
+            if not api_key.allows_websocket(self.ws.headers, self.ws.query_params):
                 self.service.metrics.rejected.labels("unauthorized").inc()
-                raise ProtocolError("unauthorized", "missing or invalid API key")
+                raise ProtocolError("unauthorized", "missing or invalid API key or ticket")
+            self._rate_limit()
             with self.service.sessions.open() as (session_id, finish):
                 self.session_id = session_id
                 try:
@@ -101,6 +103,17 @@ class StreamHandler:
             pass  # the client vanished; everything it had is freed above
         self.state = State.CLOSED
 
+    def _rate_limit(self) -> None:
+        """A stream open spends the client's token, unless it came with a ticket: issuing
+        the ticket spent it (`POST /v1/stream/ticket` is rate-limited like uploads)."""
+        if "ticket" in self.ws.query_params:
+            return
+        limiter = self.service.rate_limit
+        wait = limiter.wait(self.ws)
+        if wait:
+            self.service.metrics.rejected.labels("rate_limited").inc()
+            raise ProtocolError("rate_limited", limiter.explain(wait), 1013)
+
     # -- awaiting config --------------------------------------------------------------------
 
     async def _open(self, session_id: str) -> None:
@@ -108,8 +121,8 @@ class StreamHandler:
         if message.get("bytes") is not None:
             raise ProtocolError("config_required", "send the JSON config message before any audio")
         self.config = config = parse_config(parse_json(message.get("text") or ""))
-        name = self.service.model_name(config.model)
         try:
+            name = self.service.model_name(config.model)
             options = config.stream_options(self.settings)
             self.session = await run_in_threadpool(
                 StreamingSession.open, self.service.manager, name, options,
@@ -155,14 +168,17 @@ class StreamHandler:
         Re-raises the reader's disconnect or fatal protocol error once its queue is empty."""
         while True:
             getter = asyncio.create_task(queue.get())
-            done, _ = await asyncio.wait({getter, finisher, reader},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({getter, finisher, reader},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:  # cancelled with the handler, too: no task left pending on the queue
+                if not getter.done():
+                    getter.cancel()
             if getter in done:
                 items = [getter.result()]
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 return items
-            getter.cancel()
             if reader in done and queue.empty():
                 reader.result()
             if finisher in done:

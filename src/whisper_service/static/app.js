@@ -6,6 +6,10 @@
  *
  * Live flow: mic -> AudioContext (16 kHz) -> AudioWorklet "pcm-writer" (Int16 LE, 100 ms frames)
  *            -> WebSocket /v1/stream (config JSON, wait for "ready", binary frames, "end").
+ *
+ * With an API key, HTTP requests carry it in `Authorization: Bearer`, and each WebSocket opens
+ * with a fresh single-use ticket from POST /v1/stream/ticket: the key never sits in a URL,
+ * where proxies and access logs would keep it.
  */
 
 const TARGET_RATE = 16000;
@@ -39,10 +43,10 @@ const ui = {
   transcript: $('transcript'), partial: $('partial'), timer: $('timer'), level: $('level'),
   fileForm: $('file-form'), file: $('file'), format: $('format'), upload: $('upload'),
   fileResult: $('file-result'), download: $('download'),
+  apiKey: $('api-key'), apiKeyField: $('api-key-field'),
 };
 
-// `?api_key=...` on the page URL is passed on to every request the page makes.
-const API_KEY = new URLSearchParams(location.search).get('api_key');
+const KEY_STORAGE = 'whisper-service.api_key';   // sessionStorage: this tab only
 
 let session = null;        // the live recording in progress (see newSession), or null
 let downloadUrl = null;    // object URL of the last file result, revoked when replaced
@@ -58,13 +62,83 @@ function setStatus(message, kind = 'info') {
 function apiUrl(path, protocol) {
   const url = new URL(path, location.href);
   url.search = '';
-  if (API_KEY) url.searchParams.set('api_key', API_KEY);
+  url.hash = '';
   if (protocol) url.protocol = protocol;
   return url.toString();
 }
 
+/* ---------- API key ---------- */
+
+function apiKey() {
+  return ui.apiKey.value.trim();
+}
+
 function authHeaders() {
-  return API_KEY ? { Authorization: `Bearer ${API_KEY}` } : {};
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function storeKey(key) {
+  try {
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  } catch {
+    // Storage disabled: the key lives in the field until the page closes.
+  }
+}
+
+function storedKey() {
+  try {
+    return sessionStorage.getItem(KEY_STORAGE) || '';
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * The key comes from `?api_key=` on the page URL (then removed from the address bar and the
+ * history entry), else from this tab's sessionStorage, else from the key field.
+ */
+function initKey() {
+  const url = new URL(location.href);
+  const fromUrl = url.searchParams.get('api_key');
+  if (fromUrl !== null) {
+    url.searchParams.delete('api_key');
+    history.replaceState(history.state, '', url.toString());
+    storeKey(fromUrl.trim());
+  }
+  ui.apiKey.value = storedKey();
+  ui.apiKeyField.hidden = !ui.apiKey.value;
+  ui.apiKey.addEventListener('change', () => {
+    storeKey(apiKey());
+    loadModels();
+  });
+}
+
+/** The server refused the key (or wants one): show the field so one can be entered. */
+function askForKey() {
+  ui.apiKeyField.hidden = false;
+  if (!apiKey()) ui.apiKey.focus();
+}
+
+/** The WebSocket URL: with a key, a fresh single-use ticket rides in it, never the key. */
+async function streamUrl() {
+  const url = new URL(apiUrl('v1/stream', location.protocol === 'https:' ? 'wss:' : 'ws:'));
+  if (!apiKey()) return url.toString();
+  let res;
+  let text;
+  try {
+    res = await fetch(apiUrl('v1/stream/ticket'), { method: 'POST', headers: authHeaders() });
+    text = await res.text();
+  } catch (err) {
+    throw new Error(`Could not reach the server (${err.message}).`);
+  }
+  if (!res.ok) {
+    if (res.status === 401) askForKey();
+    throw new Error(`Could not get a stream ticket: ${describeHttpError(res.status, res.statusText, text)}`);
+  }
+  url.searchParams.set('ticket', JSON.parse(text).ticket);
+  return url.toString();
 }
 
 /** The server's `{"error": {"message", "code"}}` body (or FastAPI's `{"detail"}`) as one line. */
@@ -97,6 +171,7 @@ async function loadModels() {
   try {
     const res = await fetch(apiUrl('v1/models'), { headers: authHeaders() });
     const text = await res.text();
+    if (res.status === 401) askForKey();
     if (!res.ok) throw new Error(describeHttpError(res.status, res.statusText, text));
     const body = JSON.parse(text);
     if (Array.isArray(body.data) && body.data.length) models = body.data;
@@ -320,7 +395,7 @@ function updateControls() {
   const s = session;
   ui.start.disabled = s !== null;
   ui.stop.disabled = !s || !s.audio || s.stopping;
-  for (const el of [ui.model, ui.language, ui.task, ui.prompt]) el.disabled = s !== null;
+  for (const el of [ui.model, ui.language, ui.task, ui.prompt, ui.apiKey]) el.disabled = s !== null;
   document.body.classList.toggle('recording', Boolean(s && s.audio && !s.stopping));
 }
 
@@ -356,9 +431,17 @@ async function startRecording() {
     ui.timer.textContent = formatClock((performance.now() - s.startedAt) / 1000);
   }, 250);
   ui.timer.textContent = '0:00';
-  s.ws = openSocket(s);
   setStatus('Connecting…');
   updateControls();
+  let url;
+  try {
+    url = await streamUrl();
+  } catch (err) {
+    finishSession(s, err.message, 'error');
+    return;
+  }
+  if (s !== session) return;       // finished (or the page left) while the ticket was coming
+  s.ws = openSocket(s, url);
 }
 
 function streamConfig() {
@@ -374,8 +457,8 @@ function streamConfig() {
   };
 }
 
-function openSocket(s) {
-  const ws = new WebSocket(apiUrl('v1/stream', location.protocol === 'https:' ? 'wss:' : 'ws:'));
+function openSocket(s, url) {
+  const ws = new WebSocket(url);
   ws.binaryType = 'arraybuffer';
   ws.onopen = () => {
     ws.send(JSON.stringify(streamConfig()));
@@ -439,6 +522,7 @@ function onServerMessage(s, data) {
     case 'error':
       s.lastError = `Error: ${msg.message || 'unknown error'}${msg.code ? ` (${msg.code})` : ''}`;
       setStatus(s.lastError, 'error');
+      if (msg.code === 'unauthorized') askForKey();
       break;
     case 'done':
       onDone(s, msg);
@@ -605,6 +689,7 @@ function init() {
   window.addEventListener('pagehide', () => {
     if (session) finishSession(session, '', 'info');
   });
+  initKey();
   updateControls();
   loadModels();
 }

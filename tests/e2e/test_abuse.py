@@ -1,0 +1,111 @@
+"""Abuse through a real `serve` process: concurrent decompression bombs (issue 18's finding:
+six 2 MB FLACs of 3 h silence took the server up by 8.9 GB when files were decoded whole)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import DATA, assert_wer, reference
+
+from .conftest import run_server
+
+pytestmark = pytest.mark.security  # once per suite: see pyproject.toml
+
+BOMBS = 6
+MAX_AUDIO_S = 900  # each bomb is decoded (and its silence skipped by VAD) this far, then 413
+# Observed peak over idle: +252 MB (two jobs, each a 120 s chunk of audio, its VAD and
+# features). Decoded whole, one bomb alone was +2.3 GB.
+RSS_BOUND_MB = 500
+
+
+class _Pipe(io.RawIOBase):
+    """An unseekable sink: FLAC written here cannot fill in its length afterwards, so the
+    server finds out how long it is only by decoding it."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk) -> int:
+        self.data += bytes(chunk)
+        return len(chunk)
+
+
+def silence_bomb(seconds: int, rate: int = 8000) -> bytes:
+    sink = _Pipe()
+    block = np.zeros((1, rate * 60), np.int16)
+    with av.open(sink, "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=rate, layout="mono")
+        for _ in range(seconds // 60):
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return bytes(sink.data)
+
+
+class PeakRss:
+    """The largest RSS of a process, sampled every 20 ms while the block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.process, self.peak_mb, self._stop = psutil.Process(pid), 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.process.memory_info().rss / 2**20)
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_concurrent_bombs_leave_the_server_alive_within_a_memory_bound():
+    bomb = silence_bomb(3 * 3600)
+    assert len(bomb) < 2 << 20  # precondition: 3 h in under 2 MB, no duration declared
+    env = {"WHISPER_SERVICE_MAX_AUDIO_S": str(MAX_AUDIO_S), "WHISPER_SERVICE_MAX_FILE_JOBS": "2",
+           "WHISPER_SERVICE_MAX_FILE_QUEUE": "2"}
+    with run_server(env=env) as server:
+        pid = server.proc.pid
+        idle_mb = psutil.Process(pid).memory_info().rss / 2**20
+
+        def post(i: int) -> httpx.Response:
+            return httpx.post(f"{server.url}/v1/audio/transcriptions", timeout=120,
+                              files={"file": (f"bomb{i}.flac", bomb)})
+
+        with PeakRss(pid) as rss, ThreadPoolExecutor(BOMBS) as pool:
+            answers = list(pool.map(post, range(BOMBS)))
+        outcomes = sorted((a.status_code, a.json()["error"]["code"]) for a in answers)
+        # Two run and two wait (each refused once decoded past the limit); the rest are
+        # turned away at once, with a time to come back.
+        assert {o for o in outcomes} <= {(413, "audio_too_long"), (503, "server_busy")}, outcomes
+        assert outcomes.count((413, "audio_too_long")) >= 4, outcomes
+        busy = [a for a in answers if a.status_code == 503]
+        assert all(a.headers["Retry-After"] == "10" for a in busy)
+        assert rss.peak_mb - idle_mb < RSS_BOUND_MB, \
+            f"server RSS {idle_mb:.0f} -> {rss.peak_mb:.0f} MB under {BOMBS} bombs"
+        # Alive, and serving: a real upload afterwards is transcribed.
+        assert server.proc.poll() is None
+        ok = httpx.post(f"{server.url}/v1/audio/transcriptions", timeout=120,
+                        files={"file": ("en_short.wav", (DATA / "en_short.wav").read_bytes())})
+        assert ok.status_code == 200, ok.text
+        assert_wer("upload tiny.en en_short after bombs", reference("en_short"),
+                   ok.json()["text"], 0.2)
