@@ -132,6 +132,7 @@ def _decode_with_progress(decoder, path: Path, options, quiet: bool):
     from tqdm import tqdm
 
     from .audio import declared_duration, iter_audio
+    from .chunked import decode_chunks
 
     settings = get_settings()
     chunks = iter_audio(path, settings.file_chunk_s, settings.max_audio_s)
@@ -146,7 +147,7 @@ def _decode_with_progress(decoder, path: Path, options, quiet: bool):
         def progress(seconds: float) -> None:
             bar.update(max(0.0, min(seconds, bar.total or seconds) - bar.n))
 
-        return decoder.decode_chunks(chain([first], chunks), options, on_progress=progress)
+        return decode_chunks(decoder, chain([first], chunks), options, on_progress=progress)
 
 
 def _check_writable(directory: Path) -> None:

@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 from tests.conftest import DATA, assert_wer, read_wav, reference
 from tests.e2e.conftest import run_server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+pytestmark = pytest.mark.once  # not again under other arithmetic: see pyproject.toml
 
 FRAME_S = 0.1
 

@@ -13,7 +13,7 @@ import webvtt
 
 from tests.conftest import duration, write_wav
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.once  # not again under other arithmetic: see pyproject.toml
 
 EXE = shutil.which("whisper-service") or str(Path(sys.executable).parent / "whisper-service")
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import held
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.once  # not again under other arithmetic: see pyproject.toml
 
 
 def test_concurrent_acquire_shares_one_instance(model_manager, tiny_en):

@@ -8,6 +8,7 @@ from faster_whisper import WhisperModel
 
 from tests.conftest import DATA, assert_wer, duration, english_wer, read_wav, reference
 from whisper_service.audio import iter_audio
+from whisper_service.chunked import decode_chunks
 from whisper_service.context import init_context
 from whisper_service.text import normalize
 from whisper_service.transcribe import (
@@ -186,7 +187,7 @@ def test_long_file_in_chunks_reads_like_the_whole(tiny_en):
     the text before it, read as well as the whole, on one timeline from start to end."""
     path = DATA / "en_long.wav"
     options = TranscribeOptions(language="en", word_timestamps=True)
-    result = Decoder(tiny_en).decode_chunks(iter_audio(path, chunk_s=20), options)
+    result = decode_chunks(Decoder(tiny_en), iter_audio(path, chunk_s=20), options)
     assert_wer("chunked tiny.en en_long", reference("en_long"), result.text, 0.1)
     assert result.duration == pytest.approx(duration("en_long"), abs=0.01)
     segments = result.segments

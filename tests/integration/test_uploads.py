@@ -15,7 +15,7 @@ from tests.conftest import DATA, assert_wer, duration, reference
 from whisper_service.config import Settings
 from whisper_service.server import create_app
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.once  # not again under other arithmetic: see pyproject.toml
 
 
 @pytest.fixture

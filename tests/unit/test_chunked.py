@@ -1,4 +1,4 @@
-"""Decoder.decode_chunks with a fake model: where chunks are cut, what each chunk is prompted
+"""chunked.decode_chunks with a fake model: where chunks are cut, what each chunk is prompted
 with and in which language it is decoded, and how its segments land in the file's time."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from whisper_service.chunked import decode_chunks, quiet_cut
 from whisper_service.models import LoadedModel, ModelKey
-from whisper_service.transcribe import Decoder, TranscribeOptions, quiet_cut
+from whisper_service.transcribe import Decoder, TranscribeOptions
 
 RATE = 16000
 
@@ -55,7 +56,7 @@ def test_chunks_are_cut_in_silence_and_their_times_and_ids_run_on():
     audio = speech_like(70.0)
     model = ChunkModel()
     progress: list[float] = []
-    result = decoder_for(model).decode_chunks(chunked(audio, 20.0), TranscribeOptions(),
+    result = decode_chunks(decoder_for(model), chunked(audio, 20.0), TranscribeOptions(),
                                               on_progress=progress.append)
     sizes = [c["samples"] for c in model.calls]
     assert sum(sizes) == len(audio) and len(sizes) == 4
@@ -75,7 +76,7 @@ def test_chunks_are_cut_in_silence_and_their_times_and_ids_run_on():
 def test_each_chunk_is_prompted_with_the_text_before_it_in_the_first_language():
     model = ChunkModel()
     options = TranscribeOptions(initial_prompt=(1, 2), prefix="Guten")
-    result = decoder_for(model).decode_chunks(chunked(speech_like(50.0), 20.0), options)
+    result = decode_chunks(decoder_for(model), chunked(speech_like(50.0), 20.0), options)
     assert [c["initial_prompt"] for c in model.calls] == [
         (1, 2), (1, 2, 101, 201), (1, 2, 101, 201, 102, 202)]
     assert [c["prefix"] for c in model.calls] == ["Guten", None, None]
@@ -87,20 +88,20 @@ def test_each_chunk_is_prompted_with_the_text_before_it_in_the_first_language():
 def test_no_previous_text_prompt_when_not_conditioning():
     model = ChunkModel()
     options = TranscribeOptions(initial_prompt=(1, 2), condition_on_previous_text=False)
-    decoder_for(model).decode_chunks(chunked(speech_like(50.0), 20.0), options)
+    decode_chunks(decoder_for(model), chunked(speech_like(50.0), 20.0), options)
     assert [c["initial_prompt"] for c in model.calls] == [(1, 2), None, None]
 
 
 def test_language_is_kept_only_from_a_chunk_that_had_speech():
     model = ChunkModel(silent_calls=(1,))
-    decoder_for(model).decode_chunks(chunked(speech_like(50.0), 20.0), TranscribeOptions())
+    decode_chunks(decoder_for(model), chunked(speech_like(50.0), 20.0), TranscribeOptions())
     assert [c["language"] for c in model.calls] == [None, None, "de"]
 
 
 def test_one_chunk_is_decoded_whole():
     model = ChunkModel()
     audio = speech_like(12.0)
-    decoder_for(model).decode_chunks([audio], TranscribeOptions(language="en"))
+    decode_chunks(decoder_for(model), [audio], TranscribeOptions(language="en"))
     assert [c["samples"] for c in model.calls] == [len(audio)]
 
 

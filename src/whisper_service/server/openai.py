@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..audio import AudioError, AudioTooLong, iter_audio
+from ..chunked import decode_chunks
 from ..config import Settings
 from ..formats import MEDIA_TYPES, render
 from ..models import ModelInUseError
@@ -136,7 +137,7 @@ async def _decode(service: Service, name: str, chunks: Iterable[np.ndarray],
         decoder = Decoder(loaded)
         decoder.check(options)
         started = time.perf_counter()
-        transcript = await run_in_threadpool(decoder.decode_chunks, chunks, options)
+        transcript = await run_in_threadpool(decode_chunks, decoder, chunks, options)
     except AudioError as exc:  # decoding the later chunks
         raise _audio_refused(exc) from None
     except ValueError as exc:
