@@ -7,10 +7,6 @@ every compatible request that waits behind it, up to `max_batch`, and runs them 
 
 - Oldest first: a batch always contains the oldest request, so nothing starves, and a long
   file still takes turns with the streams.
-- Background requests (utterance re-decodes, which no one waits on to see text) run only
-  when no foreground request waits, and on at most `workers - 1` slots at once, so a
-  stream's next window finds a slot free. One that has waited `max_defer_s` counts as
-  foreground: spare capacity goes to them first, and none waits for ever.
 - No wait for one request alone: a lone client's latency stays what it was without batching.
   With several pending, the dispatcher waits at most `max_wait_s` for the batch to fill.
 - Nothing here knows about models or devices: `run` decodes a batch, `key` says which
@@ -35,12 +31,8 @@ T = TypeVar("T")
 class _Job(Generic[R, T]):
     request: R
     key: Hashable
-    background: bool = False
     future: Future[T] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.monotonic)
-
-    def urgent(self, now: float, max_defer_s: float) -> bool:
-        return not self.background or now - self.queued_at >= max_defer_s
 
 
 class SchedulerClosed(RuntimeError):
@@ -52,14 +44,10 @@ class BatchScheduler(Generic[R, T]):
 
     def __init__(self, run: Callable[[Sequence[R]], Sequence[T]], key: Callable[[R], Hashable],
                  slots: threading.Semaphore, workers: int, max_batch: int = 8,
-                 max_wait_s: float = 0.02, max_defer_s: float = 3.0,
-                 name: str = "batch") -> None:
+                 max_wait_s: float = 0.02, name: str = "batch") -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
-        self.max_defer_s = max_defer_s
-        self._background_slots = max(1, workers - 1)
-        self._background_running = 0
         self._run, self._key, self._slots = run, key, slots
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size (for /metrics)
         self.wait_s_total = 0.0  # time requests spent queued, summed
@@ -73,12 +61,11 @@ class BatchScheduler(Generic[R, T]):
 
     @property
     def depth(self) -> int:
-        """Foreground requests waiting for a batch (not counting the ones running): the
-        backlog the streams feel. Deferred background requests are not part of it."""
-        return sum(not job.background for job in self._pending)
+        """Requests waiting for a batch (not counting the ones running)."""
+        return len(self._pending)
 
-    def submit(self, request: R, background: bool = False) -> Future[T]:
-        job: _Job[R, T] = _Job(request, self._key(request), background)
+    def submit(self, request: R) -> Future[T]:
+        job: _Job[R, T] = _Job(request, self._key(request))
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the model was unloaded")
@@ -106,58 +93,39 @@ class BatchScheduler(Generic[R, T]):
     def _dispatch(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._startable(time.monotonic()):
-                    # deferred background jobs turn urgent with time, without a notify
-                    self._cond.wait(self.max_defer_s / 10 if self._pending else None)
+                self._cond.wait_for(lambda: self._pending or self._closed)
                 if self._closed:
                     return
             self._slots.acquire()  # a decode slot is free: form a batch now
-            batch, background = self._take()
+            batch = self._take()
             if not batch:
                 self._slots.release()
                 continue
-            self._pool.submit(self._execute, batch, background)
+            self._pool.submit(self._execute, batch)
 
-    def _startable(self, now: float) -> bool:
-        """A job waits that may start now: an urgent one, or a background one with a
-        background slot free."""
-        return any(job.urgent(now, self.max_defer_s) for job in self._pending) or (
-            bool(self._pending) and self._background_running < self._background_slots)
-
-    def _take(self) -> tuple[list[_Job[R, T]], bool]:
-        """The oldest urgent job (or, with none, the oldest background one) and the compatible
-        ones behind it, urgent first; waits only if others pend."""
+    def _take(self) -> list[_Job[R, T]]:
+        """The oldest job and the compatible ones behind it; waits only if others pend."""
         with self._cond:
-            urgent = sum(job.urgent(time.monotonic(), self.max_defer_s) for job in self._pending)
-            if urgent > 1 and self.max_batch > 1:
+            if len(self._pending) > 1 and self.max_batch > 1:
                 deadline = time.monotonic() + self.max_wait_s
                 while not self._closed and self._compatible() < self.max_batch:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
-            now = time.monotonic()
-            if not self._startable(now):
-                return [], False
-            head = self._head(now)
-            same = [job for job in self._pending if job.key == head.key]
-            same.sort(key=lambda job: not job.urgent(now, self.max_defer_s))  # stable
-            batch = same[:self.max_batch]
+            if not self._pending:
+                return []
+            key = self._pending[0].key
+            batch = [job for job in self._pending if job.key == key][:self.max_batch]
             taken = set(map(id, batch))
             self._pending = deque(job for job in self._pending if id(job) not in taken)
-            background = not head.urgent(now, self.max_defer_s)
-            self._background_running += background
-            return batch, background
-
-    def _head(self, now: float) -> _Job[R, T]:
-        return next((job for job in self._pending if job.urgent(now, self.max_defer_s)),
-                    self._pending[0])
+            return batch
 
     def _compatible(self) -> int:
-        key = self._head(time.monotonic()).key
+        key = self._pending[0].key
         return sum(job.key == key for job in self._pending)
 
-    def _execute(self, batch: list[_Job[R, T]], background: bool = False) -> None:
+    def _execute(self, batch: list[_Job[R, T]]) -> None:
         try:
             started = time.monotonic()
             with self._cond:
@@ -175,7 +143,3 @@ class BatchScheduler(Generic[R, T]):
                 job.future.set_result(result)
         finally:
             self._slots.release()
-            if background:
-                with self._cond:
-                    self._background_running -= 1
-                    self._cond.notify_all()

@@ -525,7 +525,7 @@ class StreamingSession:
             options = replace(self._transcribe_options(closed.prompt),
                               beam_size=self.options.utterance_beam_size)
             future = self._decoder.submit(DecodeRequest(closed.audio, options, window=True,
-                                                        pad_s=self._pad_s, background=True))
+                                                        pad_s=self._pad_s))
         self._closed_utterances.append(_Pending(closed, future))
 
     def _utterance_event(self, pending: _Pending) -> tuple[StreamEvent, int]:

@@ -91,15 +91,12 @@ class TranscribeOptions:
 @dataclass(frozen=True)
 class DecodeRequest:
     """`window`: decode the audio (at most 30 s) as one Whisper window, as streaming wants.
-    `pad_s`: pad that window to a multiple of this (default: the model's `window_pad_s`).
-    `background`: nobody waits on it to see text (an utterance's second look): the batch
-    scheduler runs it on spare capacity, after the streams' windows."""
+    `pad_s`: pad that window to a multiple of this (default: the model's `window_pad_s`)."""
 
     audio: np.ndarray
     options: TranscribeOptions
     window: bool = False
     pad_s: float | None = None
-    background: bool = False
 
     def __post_init__(self) -> None:
         if self.window and len(self.audio) > WINDOW_SAMPLES:
@@ -163,8 +160,7 @@ class Decoder:
         already done."""
         if request.window and self.loaded.scheduler is not None:
             self.check(request.options)
-            return self.loaded.scheduler.submit(prepare_window(self.loaded, request),
-                                                background=request.background)
+            return self.loaded.scheduler.submit(prepare_window(self.loaded, request))
         future: Future[Transcript] = Future()
         try:
             future.set_result(self.decode(request))

@@ -175,7 +175,6 @@ class Call:
     duration: float
     prompt: str | None
     options: TranscribeOptions
-    background: bool = False
 
     @property
     def end(self) -> float:
@@ -244,7 +243,7 @@ class GridDecoder:
         t0 = self.locate(audio) / SR
         t1 = t0 + len(audio) / SR
         self.calls.append(Call(t0, len(audio) / SR, prompt_text(request.options.initial_prompt),
-                               request.options, request.background))
+                               request.options))
         heard = self.words(t0, t1)
         # Like Whisper, the forced prefix comes back as the first words of the window.
         forced = (request.options.prefix or "").split()
@@ -817,12 +816,10 @@ def test_each_utterance_is_decoded_again_whole_and_becomes_the_context(passage,
         assert texts(list(u.words)) == texts([w for f in finals(events)
                                               if u.start <= f.start and f.end <= u.end
                                               for w in f.words])
-    # Second decodes: the whole utterance, at the utterance beam, with no forced prefix, in
-    # the scheduler's background (after the streams' windows); the stream's own are not.
+    # Second decodes: the whole utterance, at the utterance beam, with no forced prefix.
     beam = stream_options().utterance_beam_size
     whole = [c for c in decoder.calls if c.options.beam_size == beam]
     assert len(whole) == len(us)
-    assert [c.background for c in decoder.calls] == [c in whole for c in decoder.calls]
     assert all(c.options.prefix is None and c.duration >= u.end - u.start
                for c, u in zip(whole, us))
     assert session.transcript == " ".join(u.text for u in us)
