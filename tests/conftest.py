@@ -52,6 +52,39 @@ def write_wav(path: Path, audio: np.ndarray | None = None, rate: int = 16000) ->
     return path
 
 
+def silent_flac(seconds: int, declared: bool = True, rate: int = 8000) -> bytes:
+    """Digital silence as FLAC: an hour is ~0.4 MB on disk and ~230 MB as float32 at 16 kHz
+    (a decompression bomb). With `declared=False` it is written as to a pipe, so the file
+    cannot state its length and a decoder finds it out only by decoding."""
+    import io
+
+    import av
+
+    class Pipe(io.RawIOBase):  # unseekable: the FLAC header's length stays unset
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, chunk) -> int:
+            self.data += bytes(chunk)
+            return len(chunk)
+
+    sink = io.BytesIO() if declared else Pipe()
+    block = np.zeros((1, rate * 60), np.int16)
+    with av.open(sink, "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=rate, layout="mono")
+        for _ in range(seconds // 60):
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return sink.getvalue() if declared else bytes(sink.data)
+
+
 def reference(name: str) -> str:
     return (DATA / f"{name}.txt").read_text(encoding="utf-8").strip()
 

@@ -3,18 +3,15 @@ six 2 MB FLACs of 3 h silence took the server up by 8.9 GB when files were decod
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import av
 import httpx
-import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import DATA, assert_wer, reference
+from tests.conftest import DATA, assert_wer, reference, silent_flac
 
 from .conftest import run_server
 
@@ -25,36 +22,6 @@ MAX_AUDIO_S = 900  # each bomb is decoded (and its silence skipped by VAD) this 
 # Observed peak over idle: +252 MB (two jobs, each a 120 s chunk of audio, its VAD and
 # features). Decoded whole, one bomb alone was +2.3 GB.
 RSS_BOUND_MB = 500
-
-
-class _Pipe(io.RawIOBase):
-    """An unseekable sink: FLAC written here cannot fill in its length afterwards, so the
-    server finds out how long it is only by decoding it."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, chunk) -> int:
-        self.data += bytes(chunk)
-        return len(chunk)
-
-
-def silence_bomb(seconds: int, rate: int = 8000) -> bytes:
-    sink = _Pipe()
-    block = np.zeros((1, rate * 60), np.int16)
-    with av.open(sink, "w", format="flac") as out:
-        stream = out.add_stream("flac", rate=rate, layout="mono")
-        for _ in range(seconds // 60):
-            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return bytes(sink.data)
 
 
 class PeakRss:
@@ -79,7 +46,7 @@ class PeakRss:
 
 
 def test_concurrent_bombs_leave_the_server_alive_within_a_memory_bound():
-    bomb = silence_bomb(3 * 3600)
+    bomb = silent_flac(3 * 3600, declared=False)
     assert len(bomb) < 2 << 20  # precondition: 3 h in under 2 MB, no duration declared
     env = {"WHISPER_SERVICE_MAX_AUDIO_S": str(MAX_AUDIO_S), "WHISPER_SERVICE_MAX_FILE_JOBS": "2",
            "WHISPER_SERVICE_MAX_FILE_QUEUE": "2"}

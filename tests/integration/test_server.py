@@ -15,8 +15,6 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from tests.conftest import DATA, assert_wer, duration, read_wav, reference
-from whisper_service.config import Settings
-from whisper_service.server import create_app
 from whisper_service.text import normalize
 
 pytestmark = pytest.mark.integration
@@ -27,23 +25,6 @@ FRAME = 3200  # 100 ms of pcm_s16le
 def pcm(name: str) -> bytes:
     with wave.open(str(DATA / f"{name}.wav")) as w:
         return w.readframes(w.getnframes())
-
-
-@pytest.fixture
-def client_for(model_manager, tiny_en, tmp_path):
-    clients = []
-
-    def make(**overrides) -> TestClient:
-        settings = Settings(default_model="tiny.en", cache_dir=model_manager.cache_dir,
-                            **overrides)
-        client = TestClient(create_app(settings, manager=model_manager))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 def stream_file(client: TestClient, name: str, config: dict | None = None,

@@ -3,67 +3,14 @@ and long ones transcribed `file_chunk_s` at a time, through the OpenAI-compatibl
 
 from __future__ import annotations
 
-import io
 import time
 
-import av
-import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import DATA, assert_wer, duration, reference
-from whisper_service.config import Settings
-from whisper_service.server import create_app
+from tests.conftest import DATA, assert_wer, duration, reference, silent_flac
 
 pytestmark = pytest.mark.once  # not again under other arithmetic: see pyproject.toml
-
-
-@pytest.fixture
-def client_for(model_manager, tiny_en):
-    clients = []
-
-    def make(**overrides) -> TestClient:
-        settings = Settings(default_model="tiny.en", cache_dir=model_manager.cache_dir,
-                            **overrides)
-        client = TestClient(create_app(settings, manager=model_manager))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
-
-
-class _Pipe(io.RawIOBase):
-    """An unseekable sink: FLAC written here cannot fill in its length afterwards."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, chunk) -> int:
-        self.data += bytes(chunk)
-        return len(chunk)
-
-
-def silent_flac(seconds: int, declared: bool = True, rate: int = 8000) -> bytes:
-    """Digital silence as FLAC: 2 h is under 1 MB (460 MB as float32 at 16 kHz). Written to a
-    pipe (`declared=False`), the file does not say how long it is."""
-    sink = io.BytesIO() if declared else _Pipe()
-    block = np.zeros((1, rate * 10), np.int16)
-    with av.open(sink, "w", format="flac") as out:
-        stream = out.add_stream("flac", rate=rate, layout="mono")
-        for _ in range(seconds // 10):
-            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return sink.getvalue() if isinstance(sink, io.BytesIO) else bytes(sink.data)
 
 
 def post(client: TestClient, name: str, data: bytes, **form):

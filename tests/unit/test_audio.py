@@ -1,4 +1,3 @@
-import io
 import time
 import tracemalloc
 from pathlib import Path
@@ -6,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import duration, read_wav, write_wav
+from tests.conftest import duration, read_wav, silent_flac, write_wav
 from whisper_service.audio import (
     AudioError,
     AudioTooLong,
@@ -90,46 +89,13 @@ def test_as_float32_accepts_int16_and_rejects_2d():
 # --- Bounded decoding: iter_audio decodes as asked and stops at the length limit ---
 
 
-class _Pipe(io.RawIOBase):
-    """A write-only, unseekable sink: FLAC written to it cannot go back to fill in its
-    length, as when an encoder writes to a pipe, so its container declares no duration."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, chunk) -> int:
-        self.data += bytes(chunk)
-        return len(chunk)
-
-
-def _silent_flac(sink, seconds: int, rate: int = 8000) -> None:
-    """`seconds` of digital silence as FLAC (an hour is ~0.4 MB, ~230 MB as float32)."""
-    import av
-
-    block = np.zeros((1, rate * 10), np.int16)
-    with av.open(sink, "w", format="flac") as out:
-        stream = out.add_stream("flac", rate=rate, layout="mono")
-        for _ in range(seconds // 10):
-            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-
-
 @pytest.fixture(scope="module")
 def hour_of_silence(tmp_path_factory) -> dict[str, Path]:
     """One hour of silence twice: a file that declares its length, and one that does not."""
     folder = tmp_path_factory.mktemp("silence")
     declared, undeclared = folder / "declared.flac", folder / "undeclared.flac"
-    _silent_flac(str(declared), 3600)
-    pipe = _Pipe()
-    _silent_flac(pipe, 3600)
-    undeclared.write_bytes(bytes(pipe.data))
+    declared.write_bytes(silent_flac(3600))
+    undeclared.write_bytes(silent_flac(3600, declared=False))
     assert undeclared.stat().st_size < 2_000_000  # precondition: tiny on disk
     return {"declared": declared, "undeclared": undeclared}
 
