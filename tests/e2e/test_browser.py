@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import DATA, read_wav, write_wav
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+pytestmark = pytest.mark.once  # not again under other arithmetic: see pyproject.toml
 
 sync_api = pytest.importorskip("playwright.sync_api")
 

@@ -76,7 +76,7 @@ HUB_SIZES = {"tiny", "base", "base.en", "small", "small.en", "medium", "medium.e
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck), print_blob=False,
                 phases=[Phase.explicit, Phase.generate])
-UPLOAD_FUZZ = settings(FUZZ, max_examples=40)
+UPLOAD_FUZZ = settings(FUZZ, max_examples=30)
 CORRUPT_FUZZ = settings(FUZZ, max_examples=30)
 
 

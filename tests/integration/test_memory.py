@@ -66,12 +66,12 @@ def test_500_short_sessions_leave_memory_flat(model_manager, tiny_en):
     assert tiny_en.refs == 1, "every session gave its model reference back"
 
 
-LONG_S = 360.0  # bench/memory.py runs the same for 20 minutes
-UNIT_S = 120  # the passages cut to two minutes and repeated: minutes 2, 4, 6 hear the same
+LONG_S = 240.0  # bench/memory.py runs the same for 20 minutes; CI time is the bound here
+UNIT_S = 120  # the passages cut to two minutes and repeated: minutes 2 and 4 hear the same
 
 
 def test_long_session_keeps_memory_and_step_cost_flat(model_manager, tiny_en):
-    """Six minutes of speech through one session, faster than real time: RSS stays flat
+    """Four minutes of speech through one session, faster than real time: RSS stays flat
     after the second minute, a step costs no more in the last minute than in the second
     (the same audio: step cost follows what is said), and the rolling context never
     outgrows its limit."""
