@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT    := espeak-ng chromium
+APT    := espeak-ng chromium nginx
 
 .PHONY: run test install system-deps bench clean
 
@@ -44,6 +44,7 @@ $(VENV)/.installed: pyproject.toml
 bench: install
 	$(BIN)/python bench/backends.py
 	$(BIN)/python bench/transcribe.py
+	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/server.py
 	$(BIN)/python bench/capacity.py

@@ -59,37 +59,57 @@ def main() -> None:
         raise _fail(describe_error(exc)) from None
 
 
+def _file_decode_flags(command):
+    """The model and decoding flags `transcribe` and `batch` share (`_file_options` reads
+    them)."""
+    flags = [
+        click.option("--model", "-m", default=lambda: get_settings().default_model,
+                     show_default=_default("default_model")),
+        click.option("--language", "-l", default="auto", show_default=True, help=LANGUAGE_HELP),
+        click.option("--task", type=click.Choice(["transcribe", "translate"]),
+                     default="transcribe", show_default=True),
+        click.option("--format", "-f", "fmt", default="txt", show_default=True,
+                     type=click.Choice(["txt", "srt", "vtt", "json", "verbose_json"])),
+        click.option("--word-timestamps/--no-word-timestamps", default=False,
+                     show_default=True),
+        click.option("--vad/--no-vad", default=True, show_default=True,
+                     help="Skip silence with Silero VAD (avoids text invented in silence)."),
+        click.option("--beam-size", default=5, show_default=True, type=click.IntRange(1, 20)),
+        click.option("--prompt", default=None,
+                     help="Initial prompt: names and terms to spell right."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
+
+
+def _file_options(language: str, task: str, beam_size: int, word_timestamps: bool, vad: bool,
+                  prompt: str | None):
+    from .transcribe import TranscribeOptions
+
+    try:
+        return TranscribeOptions(language=_language(language), task=task, beam_size=beam_size,
+                                 word_timestamps=word_timestamps, vad_filter=vad,
+                                 initial_prompt=prompt)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "-m", default=lambda: get_settings().default_model,
-              show_default=_default("default_model"))
-@click.option("--language", "-l", default="auto", show_default=True, help=LANGUAGE_HELP)
-@click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe",
-              show_default=True)
-@click.option("--format", "-f", "fmt", default="txt", show_default=True,
-              type=click.Choice(["txt", "srt", "vtt", "json", "verbose_json"]))
 @click.option("--output-dir", "-o", type=click.Path(path_type=Path),
               help="Write <name>.<ext> files here instead of printing to stdout.")
-@click.option("--word-timestamps/--no-word-timestamps", default=False, show_default=True)
-@click.option("--vad/--no-vad", default=True, show_default=True,
-              help="Skip silence with Silero VAD (avoids text invented in silence).")
-@click.option("--beam-size", default=5, show_default=True, type=click.IntRange(1, 20))
-@click.option("--prompt", default=None, help="Initial prompt: names and terms to spell right.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_file_decode_flags
 def transcribe(files: tuple[Path, ...], model: str, language: str, task: str, fmt: str,
                output_dir: Path | None, word_timestamps: bool, vad: bool, beam_size: int,
                prompt: str | None, quiet: bool) -> None:
     """Transcribe or translate audio files to txt, srt, vtt or json."""
     from .audio import AudioError
     from .formats import EXTENSIONS, render
-    from .transcribe import Decoder, TranscribeOptions
+    from .transcribe import Decoder
 
-    try:
-        options = TranscribeOptions(language=_language(language), task=task, beam_size=beam_size,
-                                    word_timestamps=word_timestamps, vad_filter=vad,
-                                    initial_prompt=prompt)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    options = _file_options(language, task, beam_size, word_timestamps, vad, prompt)
     if output_dir is not None:
         _check_writable(output_dir)
     decoder = Decoder(_load(_manager(), model))
@@ -160,11 +180,65 @@ def _check_writable(directory: Path) -> None:
 
 
 @main.command()
-def models() -> None:
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output-dir", "-o", required=True, type=click.Path(path_type=Path),
+              help="Write <name>.<ext> files here; inputs whose output exists are skipped, so "
+                   "a rerun resumes.")
+@_file_decode_flags
+@click.option("--ray", "ray_address", metavar="auto|ADDRESS",
+              help="Run on a Ray cluster: auto (RAY_ADDRESS, or a cluster started on this "
+                   "machine, else a new local one) or the cluster's address. One actor per "
+                   "WHISPER_SERVICE_CPU_THREADS (default 1) of the cluster's CPUs. Needs "
+                   "pip install 'whisper-service[ray]'.")
+@click.option("--workers", "-w", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Without --ray: files decoded at once in this process, on one model.")
+def batch(inputs: tuple[Path, ...], output_dir: Path, model: str, language: str, task: str,
+          fmt: str, word_timestamps: bool, vad: bool, beam_size: int, prompt: str | None,
+          quiet: bool, ray_address: str | None, workers: int) -> None:
+    """Transcribe many files into a directory, in this process or on a Ray cluster.
+
+    Outputs are written whole or not at all, so a rerun skips exactly the files that are
+    done; a file that fails is reported as one Error line and the others carry on."""
+    from . import batch as pipeline
+    from .registry import ModelNotFoundError
+
+    options = _file_options(language, task, beam_size, word_timestamps, vad, prompt)
+    if ray_address is not None and not pipeline.ray_available():
+        raise _fail(pipeline.RAY_MISSING)
+    if ray_address is not None and workers != 1:
+        raise _fail("--workers is for runs without --ray; on Ray the actors are sized to the "
+                    "cluster's CPUs")
+    _check_writable(output_dir)
+    job = pipeline.Job(model, options, fmt, get_settings())
+    try:
+        summary = pipeline.run(list(inputs), output_dir, job, ray=ray_address, workers=workers,
+                               quiet=quiet)
+    except (pipeline.BatchError, ModelNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if not quiet:
+        click.echo(summary.line(), err=True)
+    if summary.failed:
+        raise _fail(f"{summary.failed} of {summary.inputs} file(s) failed")
+
+
+@main.command()
+@click.option("--prepare", is_flag=True,
+              help="Resolve every bundled model into the cache directory now (base: joined and "
+                   "verified) and print where each is, so that serving does no such work "
+                   "(container image builds run this).")
+def models(prepare: bool) -> None:
     """List the available models and whether they are loaded in this process."""
-    from .registry import BUNDLED, describe
+    from .registry import BUNDLED, ModelNotFoundError, describe, resolve
 
     settings = get_settings()
+    if prepare:
+        for name in BUNDLED:
+            try:
+                path = resolve(name, settings.cache_dir)
+            except ModelNotFoundError as exc:
+                raise _fail(str(exc)) from None
+            click.echo(f"{name}: {path}")
+        return
     rows = [("NAME", "SOURCE", "LANGUAGES", "SIZE", "LOADED")]
     for name in BUNDLED:
         info = describe(name, settings.cache_dir)

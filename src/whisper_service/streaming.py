@@ -244,21 +244,16 @@ class StreamingSession:
         """
         if self._closed:
             raise RuntimeError("session is closed")
-        events = self.decode_utterances()
-        samples = as_float32(chunk)
-        self.stats["audio_s"] += len(samples) / SAMPLE_RATE
-        self._pending = np.concatenate([self._pending, samples])
-        whole = len(self._pending) // BLOCK * BLOCK
-        for i in range(0, whole, BLOCK):
-            events += self._process(self._pending[i:i + BLOCK], last=i + BLOCK == whole)
-        self._pending = self._pending[whole:].copy()
-        return events
+        return self.decode_utterances() + self._feed(chunk, decode=True)
 
-    def end_of_stream(self) -> list[StreamEvent]:
-        """Finalize: flush the remainder through VAD and commit whatever is left."""
+    def end_of_stream(self, tail: np.ndarray | None = None) -> list[StreamEvent]:
+        """Finalize: flush the remainder through VAD and commit whatever is left. `tail`:
+        audio that arrived last, heard without a re-decode step of its own (a server that
+        is shutting down saves one decode per session)."""
         if self._closed:
             return []
-        events = self._process(self._pending, last=True) if len(self._pending) else []
+        events = self._feed(tail, decode=False) if tail is not None and len(tail) else []
+        events += self._process(self._pending, last=True) if len(self._pending) else []
         self._pending = np.zeros(0, dtype=np.float32)
         for event in self._vad.flush():
             events += self._on_vad(event.kind, event.sample)
@@ -289,6 +284,19 @@ class StreamingSession:
         return events
 
     # -- the data path, one block at a time -------------------------------------------------
+
+    def _feed(self, chunk: np.ndarray, decode: bool) -> list[StreamEvent]:
+        """Whole blocks through `_process`; a re-decode step is due only after the last."""
+        samples = as_float32(chunk)
+        self.stats["audio_s"] += len(samples) / SAMPLE_RATE
+        self._pending = np.concatenate([self._pending, samples])
+        whole = len(self._pending) // BLOCK * BLOCK
+        events: list[StreamEvent] = []
+        for i in range(0, whole, BLOCK):
+            events += self._process(self._pending[i:i + BLOCK],
+                                    last=decode and i + BLOCK == whole)
+        self._pending = self._pending[whole:].copy()
+        return events
 
     def _process(self, block: np.ndarray, last: bool) -> list[StreamEvent]:
         self._audio = np.concatenate([self._audio, block])

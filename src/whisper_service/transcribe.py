@@ -6,6 +6,7 @@ scheduler that batches many sessions' requests only has to replace `Decoder`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -249,6 +250,19 @@ def prepare_window(loaded: LoadedModel, request: DecodeRequest) -> Window:
                   previous[-WHISPER_MAX_PROMPT_TOKENS:], request.options)
 
 
+# Speech is about 3 words (4-5 tokens) a second, plus two timestamps a segment. A window that
+# loops (a phrase repeated, on noise) would otherwise generate up to the model's 448 tokens:
+# seconds of work that every window in its batch waits for. tests/e2e/test_replicas.py, on a
+# loaded machine, saw three tiny.en streams stall 4 s behind one such batch.
+TOKENS_PER_SECOND = 12
+MIN_NEW_TOKENS = 24
+
+
+def max_new_tokens(duration: float) -> int:
+    """The most tokens a window of `duration` seconds may generate (more is a loop)."""
+    return MIN_NEW_TOKENS + math.ceil(TOKENS_PER_SECOND * duration)
+
+
 def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Transcript]:
     """One encoder pass and one generation over windows of at most 30 s, in one batch.
 
@@ -268,7 +282,11 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
                             language=language) for w, (language, _) in zip(windows, languages)]
     prompts = [model.get_prompt(t, list(w.previous), prefix=w.options.prefix)
                for w, t in zip(windows, tokenizers)]
-    options = [_window_options(w.options, t) for w, t in zip(windows, tokenizers)]
+    # By the padded length, which every window in a batch shares (Window.key): a window then
+    # decodes the same in a batch as alone, even one that loops.
+    max_new = max_new_tokens(windows[0].features.shape[-1] / FRAMES_PER_SECOND)
+    options = [replace(_window_options(w.options, t), max_new_tokens=max_new)
+               for w, t in zip(windows, tokenizers)]
     busy = len(windows) > 1 or (loaded.scheduler is not None and loaded.scheduler.depth > 0)
     if busy and loaded.batch_beam_size:
         # Under load (a batch, or windows waiting behind this one), greedy: a batch of 8
@@ -281,7 +299,8 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
         generated = [model.generate_with_fallback(encoded, prompts[0], tokenizers[0],
                                                   options[0])]
     else:
-        generated = _generate(loaded, encoded, prompts, tokenizers, options[0])
+        prompt_length = len(model.get_prompt(tokenizers[0], list(windows[0].previous)))
+        generated = _generate(loaded, encoded, prompts, tokenizers, options[0], prompt_length)
     alone = len(windows) == 1
     out = []
     for i, window in enumerate(windows):
@@ -305,9 +324,12 @@ def _languages(loaded: LoadedModel, windows: Sequence[Window],
 
 
 def _generate(loaded: LoadedModel, encoded: ctranslate2.StorageView, prompts: list[list[int]],
-              tokenizers: list[Tokenizer], opts: TranscriptionOptions) -> list[tuple]:
+              tokenizers: list[Tokenizer], opts: TranscriptionOptions,
+              prompt_length: int) -> list[tuple]:
     """One batched beam search at one temperature; per window, what faster-whisper's
-    `generate_with_fallback` returns for it (result, avg_logprob, temperature, ratio)."""
+    `generate_with_fallback` returns for it (result, avg_logprob, temperature, ratio).
+    `prompt_length`: the prompts' tokens up to the forced prefix (the same for the batch), so
+    a forced prefix counts against the window's `max_new_tokens`, as generated text does."""
     model = loaded.model
     temperature = opts.temperatures[0]
     search = {"beam_size": 1, "num_hypotheses": opts.best_of, "sampling_topk": 0,
@@ -316,7 +338,9 @@ def _generate(loaded: LoadedModel, encoded: ctranslate2.StorageView, prompts: li
     results = model.model.generate(
         encoded, prompts, length_penalty=opts.length_penalty,
         repetition_penalty=opts.repetition_penalty,
-        no_repeat_ngram_size=opts.no_repeat_ngram_size, max_length=model.max_length,
+        no_repeat_ngram_size=opts.no_repeat_ngram_size,
+        max_length=min(model.max_length, prompt_length + opts.max_new_tokens)
+        if opts.max_new_tokens else model.max_length,
         return_scores=True, return_no_speech_prob=True, suppress_blank=opts.suppress_blank,
         suppress_tokens=opts.suppress_tokens,
         max_initial_timestamp_index=int(round(opts.max_initial_timestamp

@@ -256,8 +256,9 @@ def test_openai_client(client_for, base):
 
 def test_health_ready_metrics(client_for, model_manager):
     client = client_for()
-    assert client.get("/ready").json() == {"ready": True, "default_model": "tiny.en",
-                                            "decode_workers": model_manager.num_workers}
+    assert client.get("/ready").json() == {"ready": True, "draining": False,
+                                           "default_model": "tiny.en",
+                                           "decode_workers": model_manager.num_workers}
     stream_file(client, "en_short")
     metrics = client.get("/metrics").text
     assert "whisper_sessions_total 1.0" in metrics

@@ -7,6 +7,7 @@ import pytest
 from faster_whisper import WhisperModel
 
 from tests.conftest import DATA, assert_wer, duration, english_wer, read_wav, reference
+from whisper_service import transcribe
 from whisper_service.audio import iter_audio
 from whisper_service.chunked import decode_chunks
 from whisper_service.context import init_context
@@ -138,6 +139,21 @@ def test_window_path_matches_faster_whisper(tiny_en, name, prompt, prefix):
     for a, b in zip(ours.segments, theirs):
         assert abs(a.start - b.start) <= 0.02 and abs(a.end - b.end) <= 0.02, (a, b)
         assert [w.word for w in a.words] == [w.word for w in b.words]
+
+
+def test_a_window_generates_no_more_tokens_than_its_audio_can_hold(tiny_en, monkeypatch):
+    """The cap on generated tokens (transcribe.max_new_tokens) reaches the search: with room
+    for 3 tokens, a 7.9 s window of clear speech stops after 3, text token or timestamp."""
+    audio = read_wav_data("en_short")
+    options = TranscribeOptions(language="en", beam_size=1, vad_filter=False, temperature=0.0)
+    alone = dataclasses.replace(tiny_en, scheduler=None)
+    whole = Decoder(alone).decode(DecodeRequest(audio, options, window=True))
+    assert len(whole.text.split()) >= 10  # the speech, uncut
+    monkeypatch.setattr(transcribe, "MIN_NEW_TOKENS", 3)
+    monkeypatch.setattr(transcribe, "TOKENS_PER_SECOND", 0)
+    capped = Decoder(alone).decode(DecodeRequest(audio, options, window=True))
+    assert sum(len(seg.tokens) for seg in capped.segments) <= 3
+    assert len(capped.text.split()) <= 2 and whole.text.startswith(capped.text.strip())
 
 
 def test_batched_windows_equal_windows_decoded_alone(tiny_en):

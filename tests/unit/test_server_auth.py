@@ -18,7 +18,7 @@ from whisper_service.server.auth import (
     ApiKeyMiddleware,
     KeysFileError,
     Tickets,
-    TicketsExhausted,
+    ticket_secret,
 )
 from whisper_service.server.logs import RedactSecrets, redact
 
@@ -42,8 +42,8 @@ def test_no_key_configured_allows_everything():
 
 
 @pytest.mark.parametrize("path, public", [
-    ("/health", True), ("/", True), ("/static/app.js", True),
-    ("/ready", False), ("/metrics", False), ("/v1/models", False), ("/healthz", False),
+    ("/health", True), ("/", True), ("/static/app.js", True), ("/ready", True),
+    ("/metrics", False), ("/v1/models", False), ("/healthz", False),
 ])
 def test_public_paths(path, public):
     assert ApiKeyMiddleware._public(path) is public
@@ -118,18 +118,39 @@ class Clock:
         return self.now
 
 
-def test_ticket_is_single_use():
-    tickets = Tickets(ttl_s=30, clock=Clock())
+SECRET = ticket_secret(["s3cret"])
+
+
+def test_ticket_is_single_use_and_unforgeable():
+    tickets = Tickets(SECRET, ttl_s=30, clock=Clock())
     ticket = tickets.issue()
     assert len(ticket) >= 40 and ticket != tickets.issue()
     assert tickets.redeem(ticket)
     assert not tickets.redeem(ticket)
     assert not tickets.redeem("never-issued")
+    assert not tickets.redeem("*" * 54)  # not base64 at all
+    fresh = tickets.issue()
+    flipped = fresh[:20] + ("A" if fresh[20] != "A" else "B") + fresh[21:]
+    assert not tickets.redeem(flipped)  # a changed expiry or nonce breaks the signature
+    assert tickets.redeem(fresh)
 
 
-def test_ticket_expires_and_is_pruned():
+def test_tickets_work_on_every_replica_with_the_same_keys():
+    """Behind a load balancer the ticket request and the socket may reach different
+    replicas: the same keys (in any order) sign and check alike; other keys do not."""
     clock = Clock()
-    tickets = Tickets(ttl_s=30, clock=clock)
+    issuer = Tickets(ticket_secret(["k1", "k2"]), clock=clock)
+    other_replica = Tickets(ticket_secret(["k2", "k1"]), clock=clock)
+    stranger = Tickets(ticket_secret(["k1"]), clock=clock)
+    ticket = issuer.issue()
+    assert not stranger.redeem(ticket)
+    assert other_replica.redeem(ticket) and not other_replica.redeem(ticket)
+    assert ticket_secret([]) != ticket_secret([])  # no keys: a random secret, never shared
+
+
+def test_ticket_expires_and_used_ones_are_pruned():
+    clock = Clock()
+    tickets = Tickets(SECRET, ttl_s=30, clock=clock)
     early, late = tickets.issue(), tickets.issue()
     clock.now += 29.9
     assert tickets.redeem(early)
@@ -137,27 +158,24 @@ def test_ticket_expires_and_is_pruned():
     assert not tickets.redeem(late)
     kept = tickets.issue()
     clock.now += 20
-    stale = tickets.issue()
-    clock.now += 15  # `kept` expired, `stale` not
-    tickets.issue()
-    assert len(tickets) == 2 and not tickets.redeem(kept) and tickets.redeem(stale)
+    assert tickets.redeem(kept) and len(tickets) == 1  # early's record expired with it
+    clock.now += 15  # and now kept's
+    assert tickets.redeem(tickets.issue()) and len(tickets) == 1
 
 
-def test_ticket_store_is_bounded():
+def test_redeemed_store_is_bounded():
     clock = Clock()
-    tickets = Tickets(ttl_s=30, limit=3, clock=clock)
-    issued = [tickets.issue() for _ in range(3)]
-    with pytest.raises(TicketsExhausted):
-        tickets.issue()
-    assert tickets.redeem(issued[0])  # a used ticket frees its place
-    tickets.issue()
-    clock.now += 30  # expired ones free theirs
-    assert [tickets.issue() for _ in range(3)] and len(tickets) == 3
+    tickets = Tickets(SECRET, ttl_s=30, limit=3, clock=clock)
+    assert all(tickets.redeem(tickets.issue()) for _ in range(3))
+    assert not tickets.redeem(tickets.issue())  # full: refused, not remembered
+    assert len(tickets) == 3
+    clock.now += 30  # expired ones free their places
+    assert tickets.redeem(tickets.issue()) and len(tickets) == 1
 
 
 def test_websocket_credentials():
     clock = Clock()
-    api_key = ApiKey("s3cret", Tickets(ttl_s=30, clock=clock))
+    api_key = ApiKey("s3cret", Tickets(SECRET, ttl_s=30, clock=clock))
     ticket = api_key.tickets.issue()
     assert not api_key.allows({}, {"ticket": ticket})  # HTTP takes no tickets...
     assert api_key.allows_websocket({}, {"ticket": ticket})  # ...a WebSocket does, once
@@ -211,15 +229,6 @@ def test_ticket_endpoint_and_stream_handshake(tmp_path):
         assert ws.accepted_subprotocol == "whisper-service"
         ws.send_bytes(b"\0\0")
         assert ws.receive_json()["code"] == "config_required"
-
-
-def test_ticket_endpoint_full_store_is_429(tmp_path):
-    client = _client(api_key="s3cret", cache_dir=tmp_path)
-    client.app.state.service.api_key.tickets.limit = 1
-    headers = {"X-API-Key": "s3cret"}
-    assert client.post("/v1/stream/ticket", headers=headers).status_code == 200
-    full = client.post("/v1/stream/ticket", headers=headers)
-    assert full.status_code == 429 and full.json()["error"]["code"] == "too_many_tickets"
 
 
 # -- logs -------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import MappingProxyType, SimpleNamespace
 
 import pytest
@@ -42,3 +43,40 @@ def test_the_count_limit_still_holds():
         with pytest.raises(ProtocolError, match="1 streaming sessions open"):
             with s.open():
                 pass
+
+
+def test_a_drain_refuses_new_sessions_and_finishes_the_open_ones():
+    s = sessions()
+    with s.open() as (_, finish):
+        asyncio.run(s.drain(timeout=0.05))  # the open one is asked to finish; it doesn't here
+        assert finish.is_set() and s.draining
+        with pytest.raises(ProtocolError) as refused:
+            with s.open():
+                pass
+    assert refused.value.code == "shutting_down" and refused.value.close_code == 1001
+    assert 'whisper_rejected_total{reason="draining"} 1.0' in s.metrics.render().decode()
+
+
+def test_while_draining_ready_says_503_and_new_work_goes_elsewhere(tmp_path):
+    """What a load balancer sees of a replica after SIGTERM: /ready 503 at once, a WebSocket
+    handshake answered 503 before it is accepted (nginx then tries the next replica), uploads
+    503 `shutting_down`; /health still 200 (the process is alive, finishing its streams)."""
+    from starlette.testclient import TestClient, WebSocketDenialResponse
+
+    from whisper_service.config import Settings
+    from whisper_service.server import create_app
+
+    client = TestClient(create_app(Settings(cache_dir=tmp_path)))  # no lifespan: no model
+    client.app.state.service.sessions.draining = True
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["draining"] is True
+    assert client.get("/health").status_code == 200
+    with pytest.raises(WebSocketDenialResponse) as denied:
+        with client.websocket_connect("/v1/stream"):
+            pass
+    assert denied.value.status_code == 503
+    assert denied.value.json()["error"]["code"] == "shutting_down"
+    upload = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"RIFF")},
+                         data={"model": "tiny.en"})
+    assert upload.status_code == 503 and upload.headers["retry-after"] == "1"
+    assert upload.json()["error"]["code"] == "shutting_down"

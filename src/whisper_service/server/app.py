@@ -30,14 +30,14 @@ from .errors import (
     validation_error_handler,
 )
 from .health import STATIC
-from .logs import install_redaction
+from .logs import install_log_filters
 from .service import Service
 
 
 def create_app(settings: Settings | None = None, manager: ModelManager | None = None) -> FastAPI:
     """The server on a ModelManager of its own, or on a shared one (tests share theirs)."""
     settings = settings or get_settings()
-    install_redaction()  # keys and tickets in query strings never reach uvicorn's logs
+    install_log_filters()  # keys and tickets in query strings never reach uvicorn's logs
     service = Service(settings, manager or ModelManager.from_settings(settings, concurrent=True))
     app = FastAPI(title="Whisper Service", version="0.1.0", lifespan=_lifespan)
     app.state.service = service
@@ -63,6 +63,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     for a load (or pays onnxruntime's start-up in its own memory figures). On the way out,
     open sessions finish first."""
     service: Service = app.state.service
+    service.sessions.resume()
     manager = service.manager
     default = await run_in_threadpool(manager.acquire, service.settings.default_model)
     try:

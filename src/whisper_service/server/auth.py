@@ -8,8 +8,11 @@ single-use ticket (`Tickets`) and puts that in the URL; or a client offers the k
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import secrets
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,8 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..config import Settings
 from .errors import error_response
 
-# The page and its assets hold no data, and liveness probes carry no key.
-PUBLIC_PATHS = ("/health", "/")
+# The page and its assets hold no data, and probes carry no key: a Kubernetes readiness
+# probe cannot send one, and /ready tells only whether the model is loaded (or draining).
+PUBLIC_PATHS = ("/health", "/ready", "/")
 PUBLIC_PREFIXES = ("/static/",)
 
 # A client offers `[SUBPROTOCOL, "bearer.<key>"]`; the server accepts with SUBPROTOCOL, since
@@ -55,48 +59,71 @@ def read_keys_file(path: Path) -> list[str]:
     return keys
 
 
-class TicketsExhausted(Exception):
-    """Too many tickets outstanding; the store is bounded so it cannot grow without end."""
-
-
 class Tickets:
-    """Single-use WebSocket tickets, each valid for `ttl_s` from its issue.
+    """Signed single-use WebSocket tickets, each valid for `ttl_s` from its issue.
 
-    A ticket is gone once used, valid or not. Expired ones are pruned on every issue and use:
-    with one TTL for all, issue order is expiry order, so they sit at the front of the dict.
-    Tickets live in this process only (one server process serves both the ticket and the
-    socket)."""
+    A ticket is its expiry and a random nonce, signed with a secret derived from the API keys.
+    Replicas configured with the same keys derive the same secret, so a ticket issued by one
+    replica opens a stream on any other behind the same load balancer, with no shared store
+    (the page's `POST /v1/stream/ticket` and its socket may land on different replicas).
 
-    def __init__(self, ttl_s: float = 30.0, limit: int = MAX_TICKETS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    Each process remembers the nonces it redeemed until they expire: a ticket opens one socket
+    per replica at most, within its `ttl_s`. That memory is bounded by `limit`; past it,
+    redemptions are refused until some expire (10,000 stream opens in 30 s is far past what
+    `max_sessions` admits)."""
+
+    _NONCE, _MAC = 16, 16
+
+    def __init__(self, secret: bytes, ttl_s: float = 30.0, limit: int = MAX_TICKETS,
+                 clock: Callable[[], float] = time.time) -> None:
         self.ttl_s, self.limit, self.clock = ttl_s, limit, clock
-        self._expiry: dict[str, float] = {}
+        self._secret = secret
+        self._used: dict[bytes, float] = {}  # nonce -> expiry, in redemption order
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._used)
 
     def issue(self) -> str:
-        self._prune()
-        if len(self._expiry) >= self.limit:
-            raise TicketsExhausted(f"{self.limit} stream tickets outstanding; use them or "
-                                   f"wait {self.ttl_s:g} s")
-        ticket = secrets.token_urlsafe(32)
-        self._expiry[ticket] = self.clock() + self.ttl_s
-        return ticket
+        payload = struct.pack(">d", self.clock() + self.ttl_s) + secrets.token_bytes(self._NONCE)
+        return base64.urlsafe_b64encode(payload + self._sign(payload)).decode().rstrip("=")
 
     def redeem(self, ticket: str) -> bool:
-        """True once for a ticket issued less than `ttl_s` ago."""
-        self._prune()
-        expiry = self._expiry.pop(ticket, None)
-        return expiry is not None and self.clock() < expiry
+        """True once (in this process) for an authentic ticket issued less than `ttl_s` ago."""
+        try:
+            raw = base64.urlsafe_b64decode(ticket + "=" * (-len(ticket) % 4))
+        except (ValueError, TypeError):
+            return False
+        if len(raw) != 8 + self._NONCE + self._MAC:
+            return False
+        payload, mac = raw[:-self._MAC], raw[-self._MAC:]
+        if not hmac.compare_digest(mac, self._sign(payload)):
+            return False
+        (expiry,), nonce, now = struct.unpack(">d", payload[:8]), payload[8:], self.clock()
+        self._prune(now)
+        if not now < expiry or nonce in self._used or len(self._used) >= self.limit:
+            return False
+        self._used[nonce] = expiry
+        return True
 
-    def _prune(self) -> None:
-        now = self.clock()
-        while self._expiry:
-            ticket, expiry = next(iter(self._expiry.items()))
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:self._MAC]
+
+    def _prune(self, now: float) -> None:
+        while self._used:
+            nonce, expiry = next(iter(self._used.items()))
             if expiry > now:
                 return
-            del self._expiry[ticket]
+            del self._used[nonce]
+
+
+def ticket_secret(keys: Iterable[str]) -> bytes:
+    """The tickets' signing secret: the same on every replica that has the same keys, in any
+    order. With no keys nothing checks tickets, and the secret is random."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return secrets.token_bytes(32)
+    return hashlib.sha256(b"whisper-service stream ticket\0" +
+                          b"\0".join(key.encode() for key in ordered)).digest()
 
 
 class ApiKey:
@@ -111,7 +138,7 @@ class ApiKey:
                  tickets: Tickets | None = None) -> None:
         listed = split_keys(keys) if keys is None or isinstance(keys, str) else list(keys)
         self._keys = [key.encode() for key in listed if key]
-        self.tickets = tickets if tickets is not None else Tickets()
+        self.tickets = tickets if tickets is not None else Tickets(ticket_secret(listed))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiKey:
@@ -119,7 +146,7 @@ class ApiKey:
         keys = split_keys(settings.api_key)
         if settings.api_keys_file is not None:
             keys += read_keys_file(settings.api_keys_file)
-        return cls(keys, Tickets(settings.ticket_ttl_s))
+        return cls(keys, Tickets(ticket_secret(keys), settings.ticket_ttl_s))
 
     @property
     def required(self) -> bool:

@@ -29,12 +29,16 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(service: ServiceDep) -> JSONResponse:
-    """Readiness: 200 once the default model is loaded, so no client waits for a load."""
+    """Readiness: 200 once the default model is loaded, so no client waits for a load; 503
+    from the moment a SIGTERM starts the drain, so load balancers send new clients elsewhere
+    while open streams finish here."""
     name = service.settings.default_model
     loaded = service.manager.key(name) in service.manager.pipelines
-    return JSONResponse({"ready": loaded, "default_model": name,
+    draining = service.sessions.draining
+    ready = loaded and not draining
+    return JSONResponse({"ready": ready, "draining": draining, "default_model": name,
                          "decode_workers": service.manager.num_workers},
-                        status_code=200 if loaded else 503)
+                        status_code=200 if ready else 503)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -1,4 +1,4 @@
-"""Keys and tickets out of the server's logs.
+"""Keys and tickets out of the server's logs (and one line of uvicorn's noise).
 
 uvicorn logs every request path with its query string (`uvicorn.access`) and every WebSocket
 handshake likewise (`uvicorn.error`, which at debug level also gets the handshake's headers
@@ -52,10 +52,27 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def install_redaction(loggers: tuple[str, ...] = LOGGERS) -> None:
+class DenialNoise(logging.Filter):
+    """Drops uvicorn's "ASGI callable returned without completing handshake." error.
+
+    uvicorn 0.54's websockets protocol logs it after a WebSocket denial response it has sent
+    in full (its handshake flag stays unset). The stream handler returns without accepting only
+    to deny a handshake with 503 while draining, so the line would alarm operators for nothing
+    on every replica shutdown."""
+
+    MESSAGE = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != self.MESSAGE
+
+
+def install_log_filters(loggers: tuple[str, ...] = LOGGERS) -> None:
     """Idempotent. Logger filters survive uvicorn's own logging set-up (dictConfig keeps
     them), so installing before uvicorn starts, as the app factory does, is enough."""
     for name in loggers:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactSecrets) for f in logger.filters):
             logger.addFilter(RedactSecrets())
+    error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DenialNoise) for f in error.filters):
+        error.addFilter(DenialNoise())

@@ -59,6 +59,7 @@ class AudioForm(BaseModel):
 @router.post("/audio/transcriptions")
 async def transcriptions(request: Request, file: Annotated[UploadFile, File()],
                          form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
+    _refuse_while_draining(service)
     async with service.files.turn():
         return await _transcribe_upload(service, request, file, form, "transcribe")
 
@@ -66,8 +67,17 @@ async def transcriptions(request: Request, file: Annotated[UploadFile, File()],
 @router.post("/audio/translations")
 async def translations(request: Request, file: Annotated[UploadFile, File()],
                        form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
+    _refuse_while_draining(service)
     async with service.files.turn():
         return await _transcribe_upload(service, request, file, form, "translate")
+
+
+def _refuse_while_draining(service: Service) -> None:
+    """After SIGTERM, new files go to another replica (nginx retries a 503 there when told
+    `proxy_next_upstream http_503 non_idempotent`); the ones already running finish here."""
+    if service.sessions.draining:
+        raise ApiError(503, "shutting_down", "server shutting down; send the file again",
+                       {"Retry-After": "1"})
 
 
 @router.get("/models")

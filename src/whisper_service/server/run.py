@@ -11,6 +11,12 @@ from .app import create_app
 from .auth import KeysFileError
 from .service import Service
 
+# After the drain (at most `drain_timeout_s`), how long uvicorn waits for what still runs
+# (a stream whose last decode was slow, an upload) before it stops anyway. The process
+# exits within drain_timeout_s + SHUTDOWN_GRACE_S of the signal (deploy/kubernetes's
+# terminationGracePeriodSeconds covers both).
+SHUTDOWN_GRACE_S = 5.0
+
 
 class DrainingServer(uvicorn.Server):
     """On SIGINT/SIGTERM, first let open sessions send their last finals, then stop."""
@@ -20,6 +26,7 @@ class DrainingServer(uvicorn.Server):
         self.service = service
 
     def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+        self.service.sessions.draining = True  # /ready 503 and no new streams, at once
         if self.should_exit or not len(self.service.sessions):
             return super().handle_exit(sig, frame)
         asyncio.get_running_loop().create_task(self._drain_then_exit(sig, frame))
@@ -36,5 +43,8 @@ def run(settings: Settings, log_level: str = "info") -> None:
     except KeysFileError as exc:  # unreadable or empty: one line, no traceback
         raise SystemExit(f"Error: {exc}") from None
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                            ws_max_size=settings.max_ws_message_bytes + 1024)
+                            ws_max_size=settings.max_ws_message_bytes + 1024,
+                            proxy_headers=True,
+                            forwarded_allow_ips=settings.forwarded_allow_ips,
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     DrainingServer(config, app.state.service).run()

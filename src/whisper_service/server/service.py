@@ -26,13 +26,21 @@ class Sessions:
     """The open streaming sessions, each with a "finish now" signal for a graceful drain, and
     how far each lags behind its client's audio (for /metrics and for admission)."""
 
-    def __init__(self, limit: int, max_lag_s: float, metrics: Metrics) -> None:
+    def __init__(self, limit: int, max_lag_s: float, metrics: Metrics,
+                 drain_timeout_s: float = 10.0) -> None:
         self.limit, self.max_lag_s, self.metrics = limit, max_lag_s, metrics
+        self.drain_timeout_s = drain_timeout_s
+        self.draining = False  # set once on SIGTERM: /ready turns 503, new streams go elsewhere
+        self._drain_deadline: float | None = None
         self._finish: dict[str, asyncio.Event] = {}
         self._lag: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._finish)
+
+    def resume(self) -> None:
+        """Take sessions again (an app started anew after a shutdown, as tests do)."""
+        self.draining, self._drain_deadline = False, None
 
     @property
     def mean_lag_s(self) -> float:
@@ -47,7 +55,10 @@ class Sessions:
         """Register a session for as long as the block runs. Refuse one past the count limit,
         or while the open ones already lag behind their audio: the decode capacity is spent,
         whatever the count (the capacity measured in bench/capacity.py depends on the model,
-        the machine and how much the clients speak)."""
+        the machine and how much the clients speak). Refuse any while draining."""
+        if self.draining:
+            self.metrics.rejected.labels("draining").inc()
+            raise ProtocolError("shutting_down", "server shutting down; reconnect", 1001)
         if len(self._finish) >= self.limit:
             self.metrics.rejected.labels("busy").inc()
             raise ProtocolError("server_busy", f"server busy: {self.limit} streaming sessions "
@@ -68,12 +79,17 @@ class Sessions:
                 self.metrics.session_lag.remove(session_id)
             self.metrics.active_sessions.dec()
 
-    async def drain(self, timeout: float = 10.0) -> None:
-        """Ask every open session to finalize and send its last finals, then wait for them."""
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop taking sessions, ask every open one to finalize and send its last finals,
+        then wait for them (at most `drain_timeout_s` from the first call: the signal handler
+        and the app's shutdown both drain, and the second must not wait as long again)."""
+        self.draining = True
+        if self._drain_deadline is None:
+            wait = self.drain_timeout_s if timeout is None else timeout
+            self._drain_deadline = time.monotonic() + wait
         for finish in list(self._finish.values()):
             finish.set()
-        deadline = time.monotonic() + timeout
-        while self._finish and time.monotonic() < deadline:
+        while self._finish and time.monotonic() < self._drain_deadline:
             await asyncio.sleep(0.05)
 
 
@@ -91,7 +107,7 @@ class Service:
         self.api_key = ApiKey.from_settings(self.settings)
         self.metrics = Metrics(self.manager)
         self.sessions = Sessions(self.settings.max_sessions, self.settings.max_lag_s,
-                                 self.metrics)
+                                 self.metrics, self.settings.drain_timeout_s)
         self.files = FileAdmission(self.settings.max_file_jobs, self.settings.max_file_queue,
                                    on_change=self._file_jobs,
                                    on_reject=self.metrics.rejected.labels("files_busy").inc)

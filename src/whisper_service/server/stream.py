@@ -23,7 +23,7 @@ from ..models import ModelInUseError
 from ..protocol import StreamConfig, parse_config, parse_json
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession
-from .errors import ProtocolError
+from .errors import ProtocolError, error_response
 from .service import Service, get_service
 
 router = APIRouter()
@@ -58,6 +58,13 @@ class Idle:
 Item = Audio | End | ClientError | Idle
 
 
+def _take_all(queue: asyncio.Queue[Item]) -> list[Item]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
 class State(enum.Enum):
     AWAITING_CONFIG = "awaiting config"
     STREAMING = "streaming"
@@ -82,6 +89,8 @@ class StreamHandler:
         self.received_s = 0.0  # audio read from the socket, pushed or still queued
 
     async def run(self) -> None:
+        if self.service.sessions.draining and await self._refuse_draining():
+            return
         api_key = self.service.api_key
         await self.ws.accept(subprotocol=api_key.subprotocol(self.ws.headers))
         try:
@@ -102,6 +111,19 @@ class StreamHandler:
         except WebSocketDisconnect:
             pass  # the client vanished; everything it had is freed above
         self.state = State.CLOSED
+
+    async def _refuse_draining(self) -> bool:
+        """While draining, refuse the handshake with HTTP 503 (where the server supports
+        denial responses, as uvicorn does): a load balancer then retries the next replica
+        (nginx: `proxy_next_upstream http_503`), and the client never sees this one. Without
+        the extension, the socket is accepted and closed with `shutting_down` (1001)."""
+        if "websocket.http.response" not in self.ws.scope.get("extensions", {}):
+            return False
+        self.service.metrics.rejected.labels("draining").inc()
+        await self.ws.send_denial_response(error_response(
+            503, "shutting_down", "server shutting down; connect again", {"Retry-After": "1"}))
+        self.state = State.CLOSED
+        return True
 
     def _rate_limit(self) -> None:
         """A stream open spends the client's token, unless it came with a ticket: issuing
@@ -148,8 +170,10 @@ class StreamHandler:
         try:
             while True:
                 items = await self._next_items(queue, reader, finisher)
-                if items is None:
-                    return await self._finish("server shutting down", 1001)
+                if items is None:  # drain: what already arrived is heard, then the end
+                    tail = [i.samples for i in _take_all(queue) if isinstance(i, Audio)]
+                    return await self._finish("server shutting down", 1001,
+                                              np.concatenate(tail) if tail else None)
                 if reason := await self._handle(items):
                     return await self._finish(reason, 1000)
                 if time.monotonic() - started > self.settings.max_session_s:
@@ -165,8 +189,11 @@ class StreamHandler:
     async def _next_items(self, queue: asyncio.Queue[Item], reader: asyncio.Task,
                           finisher: asyncio.Task) -> list[Item] | None:
         """Everything queued since the last decode (at least one item), or None on drain.
-        Re-raises the reader's disconnect or fatal protocol error once its queue is empty."""
+        Re-raises the reader's disconnect or fatal protocol error once its queue is empty.
+        A drain comes first: a client whose audio always waits would otherwise never see it."""
         while True:
+            if finisher.done():
+                return None
             getter = asyncio.create_task(queue.get())
             try:
                 done, _ = await asyncio.wait({getter, finisher, reader},
@@ -175,10 +202,7 @@ class StreamHandler:
                 if not getter.done():
                     getter.cancel()
             if getter in done:
-                items = [getter.result()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                return items
+                return [getter.result(), *_take_all(queue)]
             if reader in done and queue.empty():
                 reader.result()
             if finisher in done:
@@ -254,11 +278,11 @@ class StreamHandler:
 
     # -- finishing ------------------------------------------------------------------------------
 
-    async def _finish(self, reason: str, code: int) -> None:
+    async def _finish(self, reason: str, code: int, tail: np.ndarray | None = None) -> None:
         """Last finals, then `done`, then close: nothing a client sent is lost."""
         self.state = State.FINISHING
         session = self.session
-        await self._send_events(await run_in_threadpool(session.end_of_stream))
+        await self._send_events(await run_in_threadpool(session.end_of_stream, tail))
         await self.ws.send_json({"type": "done",
                                  "audio_seconds": round(session.stats["audio_s"], 3),
                                  "segments": session.stats["finals"],
