@@ -24,7 +24,7 @@ OTHER_BACKEND := $(shell if [ -n "$$CT2_USE_MKL$$CT2_FORCE_CPU_ISA" ]; then \
 
 test: install
 	$(BIN)/pytest
-	env $(OTHER_BACKEND) $(BIN)/pytest -m "integration or e2e"
+	env $(OTHER_BACKEND) $(BIN)/pytest -m "(integration or e2e) and not once"
 
 install: system-deps $(VENV)/.installed
 

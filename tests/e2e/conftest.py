@@ -47,6 +47,7 @@ class ServerProcess:
     url: str
     proc: subprocess.Popen[bytes]
     log: IO[bytes]
+    api_key: str = ""
 
     def output(self) -> str:
         self.log.seek(0)
@@ -55,9 +56,10 @@ class ServerProcess:
 
 @contextmanager
 def run_server(model: str = "tiny.en", env: dict[str, str] | None = None,
-               log_level: str = "warning") -> Iterator[ServerProcess]:
+               log_level: str = "warning", wait: bool = True) -> Iterator[ServerProcess]:
     """A `whisper-service serve` process, ready to take requests; stopped on exit. `env` adds
-    variables to the test process's environment."""
+    variables to the test process's environment. With `wait=False` it is only started: call
+    `wait_ready` (several servers then start side by side)."""
     exe = Path(sys.executable).with_name("whisper-service")
     assert exe.exists(), f"console script not found next to the interpreter: {exe}"
     port = _free_port()
@@ -69,17 +71,10 @@ def run_server(model: str = "tiny.en", env: dict[str, str] | None = None,
          "--log-level", log_level],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
-    server = ServerProcess(url, proc, log)
+    server = ServerProcess(url, proc, log, env.get("WHISPER_SERVICE_API_KEY", ""))
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        key = env.get("WHISPER_SERVICE_API_KEY", "").split(",")[0].strip()
-        while not _ready(url, key):
-            if proc.poll() is not None:
-                pytest.fail(f"whisper-service exited with {proc.returncode}:\n{server.output()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"whisper-service not ready within {READY_TIMEOUT_S:.0f} s:\n"
-                            f"{server.output()}")
-            time.sleep(0.25)
+        if wait:
+            wait_ready(server)
         yield server
     finally:
         if proc.poll() is None:
@@ -90,6 +85,19 @@ def run_server(model: str = "tiny.en", env: dict[str, str] | None = None,
                 proc.kill()
                 proc.wait(timeout=5)
         log.close()
+
+
+def wait_ready(server: ServerProcess) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    key = server.api_key.split(",")[0].strip()
+    while not _ready(server.url, key):
+        if server.proc.poll() is not None:
+            pytest.fail(f"whisper-service exited with {server.proc.returncode}:\n"
+                        f"{server.output()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"whisper-service not ready within {READY_TIMEOUT_S:.0f} s:\n"
+                        f"{server.output()}")
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")

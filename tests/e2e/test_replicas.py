@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import DATA, assert_wer, read_wav, reference
-from tests.e2e.conftest import ServerProcess, run_server
+from tests.e2e.conftest import ServerProcess, run_server, wait_ready
 from tests.e2e.test_shutdown import pause_after_sentences
 
 pytestmark = pytest.mark.once  # what is checked is routing and the drain, not the arithmetic
@@ -172,8 +172,10 @@ def test_two_replicas_behind_nginx_survive_one_draining() -> None:
            "WHISPER_SERVICE_DRAIN_TIMEOUT_S": "10",
            "WHISPER_SERVICE_MAX_LAG_S": "1000"}  # admission by lag is not what is tested here
     with ExitStack() as stack:
-        a = stack.enter_context(run_server(env=env, log_level="info"))
-        b = stack.enter_context(run_server(env=env))
+        a = stack.enter_context(run_server(env=env, log_level="info", wait=False))
+        b = stack.enter_context(run_server(env=env, wait=False))  # both load at once
+        wait_ready(a)  # a logs at info, so that any error would show
+        wait_ready(b)
         url = stack.enter_context(nginx_in_front_of([int(a.url.rsplit(":", 1)[1]),
                                                      int(b.url.rsplit(":", 1)[1])]))
 

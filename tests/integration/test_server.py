@@ -157,6 +157,7 @@ def test_bad_input_gets_coded_errors_while_another_session_streams(client_for):
                finals_text(messages), 0.2)
 
 
+@pytest.mark.once  # what is checked does not depend on the arithmetic
 def test_client_that_vanishes_leaves_nothing_behind(client_for, model_manager):
     client = client_for()
     app = client.app
@@ -181,6 +182,7 @@ def test_client_that_vanishes_leaves_nothing_behind(client_for, model_manager):
     assert threading.active_count() <= threads + 1  # anyio's worker threads are pooled
 
 
+@pytest.mark.once  # what is checked does not depend on the arithmetic
 def test_busy_server_says_so(client_for):
     client = client_for(max_sessions=1)
     with client.websocket_connect("/v1/stream") as first:
@@ -192,6 +194,7 @@ def test_busy_server_says_so(client_for):
         assert first.receive_json()["type"] in ("partial", "done")
 
 
+@pytest.mark.once  # what is checked does not depend on the arithmetic
 def test_limits(client_for):
     client = client_for(max_ws_message_bytes=4096, idle_timeout_s=1.0, max_upload_bytes=50_000)
     with client.websocket_connect("/v1/stream") as ws:
@@ -210,6 +213,7 @@ def test_limits(client_for):
     assert big.status_code == 413 and big.json()["error"]["code"] == "file_too_large"
 
 
+@pytest.mark.once  # what is checked does not depend on the arithmetic
 def test_api_key(client_for):
     client = client_for(api_key="s3cret")
     assert client.get("/health").status_code == 200
@@ -254,6 +258,7 @@ def test_openai_client(client_for, base):
     assert "tiny.en" in models and "base" in models
 
 
+@pytest.mark.once  # what is checked does not depend on the arithmetic
 def test_health_ready_metrics(client_for, model_manager):
     client = client_for()
     assert client.get("/ready").json() == {"ready": True, "draining": False,
@@ -273,6 +278,7 @@ def test_health_ready_metrics(client_for, model_manager):
     assert json.loads(client.get("/v1/models").text)["data"][0]["id"] == "tiny.en"
 
 
+@pytest.mark.once  # what is checked does not depend on the arithmetic
 def test_models_off_the_allow_list_are_refused_alike_and_never_loaded(client_for,
                                                                       model_manager):
     """Clients can neither probe the server's files nor load models the operator did not
