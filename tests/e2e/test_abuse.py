@@ -76,3 +76,51 @@ def test_concurrent_bombs_leave_the_server_alive_within_a_memory_bound():
         assert ok.status_code == 200, ok.text
         assert_wer("upload tiny.en en_short after bombs", reference("en_short"),
                    ok.json()["text"], 0.2)
+
+
+def _running_file_jobs(server) -> float:
+    metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
+    line = next(line for line in metrics.splitlines()
+                if line.startswith('whisper_file_jobs{state="running"}'))
+    return float(line.split()[-1])
+
+
+def test_a_client_that_hangs_up_stops_its_transcription():
+    """An upload whose client disconnects stops at the next window, rather than holding a
+    file-job slot and a decode worker to the end (8 minutes of speech: about 30 s of tiny.en
+    on 2 cores, for nobody)."""
+    import io
+    import wave
+
+    import numpy as np
+
+    from tests.conftest import read_wav
+
+    speech = np.tile(read_wav(DATA / "en_long.wav"), 8)  # 8.7 minutes
+    body = io.BytesIO()
+    with wave.open(body, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((speech * 32767).astype("<i2").tobytes())
+    with run_server() as server:
+        with pytest.raises(httpx.TimeoutException):  # the client gives up after 3 s
+            httpx.post(f"{server.url}/v1/audio/transcriptions", timeout=3,
+                       files={"file": ("long.wav", body.getvalue())})
+        assert _running_file_jobs(server) == 1  # still at work just after the hang-up
+        hung_up = time.monotonic()
+        while _running_file_jobs(server) and time.monotonic() - hung_up < 30:
+            time.sleep(0.2)
+        stopped_after = time.monotonic() - hung_up
+        assert _running_file_jobs(server) == 0
+        assert stopped_after < 10, f"the job ran on {stopped_after:.1f} s after the hang-up"
+        metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
+        assert 'whisper_rejected_total{reason="client_gone"} 1.0' in metrics
+        # The server goes on serving.
+        with open(DATA / "en_short.wav", "rb") as f:
+            res = httpx.post(f"{server.url}/v1/audio/transcriptions", timeout=60,
+                             files={"file": ("en_short.wav", f)})
+        assert res.status_code == 200
+        assert_wer("upload tiny.en en_short after a hang-up", reference("en_short"),
+                   res.json()["text"], 0.15)
+        assert "Traceback" not in server.output(), server.output()

@@ -5,8 +5,10 @@ Clients written for OpenAI's SDKs work by changing the base URL; errors use Open
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
@@ -98,7 +100,7 @@ async def _transcribe_upload(service: Service, request: Request, file: UploadFil
     options = form.options(task)
     model = service.model_name(form.model)  # refused before any audio is decoded
     chunks = await _decode_audio(data, file.filename or "file", service.settings)
-    transcript = await _decode(service, model, chunks, options)
+    transcript = await _decode(service, model, chunks, options, request)
     body = render(transcript, form.response_format, task)  # type: ignore[arg-type]
     return Response(body, media_type=MEDIA_TYPES[form.response_format])
 
@@ -133,10 +135,16 @@ def _audio_refused(exc: AudioError) -> ApiError:
     return ApiError(400, "invalid_audio", str(exc))
 
 
+class ClientGone(Exception):
+    """The client of a file transcription disconnected: stop spending decodes on it."""
+
+
 async def _decode(service: Service, name: str, chunks: Iterable[np.ndarray],
-                  options: TranscribeOptions) -> Transcript:
+                  options: TranscribeOptions, request: Request) -> Transcript:
     """Transcribe the chunks in a worker thread, one at a time; audio past the limit is only
-    found there when the container did not declare its length."""
+    found there when the container did not declare its length. A client that disconnects
+    stops the work at the next window (a 3 h file would otherwise hold a file-job slot and a
+    decode worker for minutes, for nobody)."""
     try:
         loaded = await run_in_threadpool(service.manager.acquire, name)
     except ModelNotFoundError as exc:
@@ -147,7 +155,21 @@ async def _decode(service: Service, name: str, chunks: Iterable[np.ndarray],
         decoder = Decoder(loaded)
         decoder.check(options)
         started = time.perf_counter()
-        transcript = await run_in_threadpool(decode_chunks, decoder, chunks, options)
+        gone = threading.Event()
+
+        def check(_: float) -> None:  # called after every window, in the worker thread
+            if gone.is_set():
+                raise ClientGone()
+
+        watcher = asyncio.create_task(_watch_disconnect(request, gone))
+        try:
+            transcript = await run_in_threadpool(decode_chunks, decoder, chunks, options,
+                                                 check)
+        finally:
+            watcher.cancel()
+    except ClientGone:
+        service.metrics.rejected.labels("client_gone").inc()
+        raise ApiError(499, "client_closed_request", "the client disconnected") from None
     except AudioError as exc:  # decoding the later chunks
         raise _audio_refused(exc) from None
     except ValueError as exc:
@@ -157,3 +179,9 @@ async def _decode(service: Service, name: str, chunks: Iterable[np.ndarray],
     service.metrics.decode_seconds.labels("file").observe(time.perf_counter() - started)
     service.metrics.audio_seconds.labels("file").inc(transcript.duration)
     return transcript
+
+
+async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.5)
+    gone.set()
