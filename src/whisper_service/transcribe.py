@@ -296,8 +296,11 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
         options = [replace(o, beam_size=min(o.beam_size, loaded.batch_beam_size))
                    for o in options]
     if len(_temperatures(windows[0].options)) > 1:  # alone in its batch (Window.key)
+        # faster-whisper refuses prompt + max_new_tokens past the model's 448 tokens.
+        fallback = replace(options[0], max_new_tokens=min(
+            max_new, model.max_length - len(prompts[0])))
         generated = [model.generate_with_fallback(encoded, prompts[0], tokenizers[0],
-                                                  options[0])]
+                                                  fallback)]
     else:
         prompt_length = len(model.get_prompt(tokenizers[0], list(windows[0].previous)))
         generated = _generate(loaded, encoded, prompts, tokenizers, options[0], prompt_length)
@@ -339,8 +342,7 @@ def _generate(loaded: LoadedModel, encoded: ctranslate2.StorageView, prompts: li
         encoded, prompts, length_penalty=opts.length_penalty,
         repetition_penalty=opts.repetition_penalty,
         no_repeat_ngram_size=opts.no_repeat_ngram_size,
-        max_length=min(model.max_length, prompt_length + opts.max_new_tokens)
-        if opts.max_new_tokens else model.max_length,
+        max_length=_max_length(model.max_length, prompt_length, opts.max_new_tokens),
         return_scores=True, return_no_speech_prob=True, suppress_blank=opts.suppress_blank,
         suppress_tokens=opts.suppress_tokens,
         max_initial_timestamp_index=int(round(opts.max_initial_timestamp
@@ -353,6 +355,14 @@ def _generate(loaded: LoadedModel, encoded: ctranslate2.StorageView, prompts: li
         ratio = get_compression_ratio(tokenizer.decode(tokens).strip())
         out.append((result, avg_logprob, temperature, ratio))
     return out
+
+
+def _max_length(limit: int, prompt_length: int, new_tokens: int | None) -> int:
+    """CTranslate2's Whisper `max_length` for `new_tokens` after the prompt: it decodes at
+    most min(max_length / 2, max_length - prompt_length + 1) tokens (whisper.cc)."""
+    if not new_tokens:
+        return limit
+    return min(limit, max(2 * new_tokens, prompt_length - 1 + new_tokens))
 
 
 def _transcript(loaded: LoadedModel, window: Window, language: tuple[str, float],

@@ -207,7 +207,7 @@ def test_two_replicas_behind_nginx_survive_one_draining() -> None:
         # a refuses new streams at once, before accepting them: nginx sees a 503 and retries
         # on b. (Once a has exited, its port refuses connections, which nginx retries too.)
         time.sleep(0.1)
-        with pytest.raises((InvalidStatus, OSError)) as refused:
+        with pytest.raises((InvalidStatus, ConnectionRefusedError)) as refused:
             connect(a.url.replace("http", "ws") + "/v1/stream", additional_headers=AUTH,
                     open_timeout=5).close()
         if isinstance(refused.value, InvalidStatus):
@@ -240,7 +240,9 @@ def test_two_replicas_behind_nginx_survive_one_draining() -> None:
         assert "error" not in types and types[-1] == "done", types
         done = c.messages[-1]
         assert done["reason"] == "server shutting down" and c.close_code == 1001, done
-        assert cut_at <= done["audio_seconds"] < cut_at + 1.5, done
+        # The handler notices the signal after its decode in progress; audio sent meanwhile
+        # is heard too. Less than the third sentence (3.6 s more) in any case.
+        assert cut_at <= done["audio_seconds"] < cut_at + 3.0, done
         # Everything sent before the signal came back final (and maybe a word or two after).
         heard = " ".join(c.finals.split()[:len(two_sentences.split())])
         assert_wer("replicas: drained client", two_sentences, heard, 0.2)

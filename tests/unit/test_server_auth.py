@@ -163,6 +163,20 @@ def test_ticket_expires_and_used_ones_are_pruned():
     assert tickets.redeem(tickets.issue()) and len(tickets) == 1
 
 
+def test_a_ticket_expiring_later_than_ours_can_is_refused():
+    """Signed with the same keys but by a replica whose clock or TTL runs far ahead: its
+    record would sit at the head of the store and hold up the pruning of all others."""
+    clock = Clock()
+    ahead = Clock()
+    ahead.now = clock.now + 3600
+    far = Tickets(SECRET, ttl_s=30, clock=ahead).issue()
+    near = Tickets(SECRET, ttl_s=30, clock=clock)
+    assert not near.redeem(far) and len(near) == 0
+    slightly = Clock()
+    slightly.now = clock.now + 2  # within the allowed clock skew
+    assert near.redeem(Tickets(SECRET, ttl_s=30, clock=slightly).issue())
+
+
 def test_redeemed_store_is_bounded():
     clock = Clock()
     tickets = Tickets(SECRET, ttl_s=30, limit=3, clock=clock)

@@ -33,6 +33,7 @@ PUBLIC_PREFIXES = ("/static/",)
 SUBPROTOCOL = "whisper-service"
 BEARER_PREFIX = "bearer."
 MAX_TICKETS = 10_000
+CLOCK_SKEW_S = 5.0  # replicas' clocks may differ this much
 
 
 class KeysFileError(ValueError):
@@ -100,7 +101,10 @@ class Tickets:
             return False
         (expiry,), nonce, now = struct.unpack(">d", payload[:8]), payload[8:], self.clock()
         self._prune(now)
-        if not now < expiry or nonce in self._used or len(self._used) >= self.limit:
+        # An expiry further out than a ticket of ours can have (another replica's clock or
+        # TTL) would also hold up the pruning, which stops at the first unexpired record.
+        too_far = expiry > now + self.ttl_s + CLOCK_SKEW_S
+        if not now < expiry or too_far or nonce in self._used or len(self._used) >= self.limit:
             return False
         self._used[nonce] = expiry
         return True

@@ -63,6 +63,7 @@ async def transcriptions(request: Request, file: Annotated[UploadFile, File()],
                          form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
     _refuse_while_draining(service)
     async with service.files.turn():
+        _refuse_while_draining(service)  # it may have waited for its turn past a SIGTERM
         return await _transcribe_upload(service, request, file, form, "transcribe")
 
 
@@ -71,12 +72,14 @@ async def translations(request: Request, file: Annotated[UploadFile, File()],
                        form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
     _refuse_while_draining(service)
     async with service.files.turn():
+        _refuse_while_draining(service)  # it may have waited for its turn past a SIGTERM
         return await _transcribe_upload(service, request, file, form, "translate")
 
 
 def _refuse_while_draining(service: Service) -> None:
     """After SIGTERM, new files go to another replica (nginx retries a 503 there when told
-    `proxy_next_upstream http_503 non_idempotent`); the ones already running finish here."""
+    `proxy_next_upstream http_503 non_idempotent`). The ones already running go on until the
+    drain ends (`drain_timeout_s`, then SHUTDOWN_GRACE_S)."""
     if service.sessions.draining:
         raise ApiError(503, "shutting_down", "server shutting down; send the file again",
                        {"Retry-After": "1"})
@@ -166,6 +169,7 @@ async def _decode(service: Service, name: str, chunks: Iterable[np.ndarray],
             transcript = await run_in_threadpool(decode_chunks, decoder, chunks, options,
                                                  check)
         finally:
+            gone.set()  # also when this request is cancelled: the worker stops too
             watcher.cancel()
     except ClientGone:
         service.metrics.rejected.labels("client_gone").inc()
