@@ -285,8 +285,7 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
     # By the padded length, which every window in a batch shares (Window.key): a window then
     # decodes the same in a batch as alone, even one that loops.
     max_new = max_new_tokens(windows[0].features.shape[-1] / FRAMES_PER_SECOND)
-    options = [replace(_window_options(w.options, t), max_new_tokens=max_new)
-               for w, t in zip(windows, tokenizers)]
+    options = [_window_options(w.options, t) for w, t in zip(windows, tokenizers)]
     busy = len(windows) > 1 or (loaded.scheduler is not None and loaded.scheduler.depth > 0)
     if busy and loaded.batch_beam_size:
         # Under load (a batch, or windows waiting behind this one), greedy: a batch of 8
@@ -302,8 +301,11 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
         generated = [model.generate_with_fallback(encoded, prompts[0], tokenizers[0],
                                                   fallback)]
     else:
+        # Up to the forced prefix (the same for the batch): a forced prefix counts against
+        # max_new, as generated text does.
         prompt_length = len(model.get_prompt(tokenizers[0], list(windows[0].previous)))
-        generated = _generate(loaded, encoded, prompts, tokenizers, options[0], prompt_length)
+        generated = _generate(loaded, encoded, prompts, tokenizers, options[0],
+                              _max_length(model.max_length, prompt_length, max_new))
     alone = len(windows) == 1
     out = []
     for i, window in enumerate(windows):
@@ -328,11 +330,9 @@ def _languages(loaded: LoadedModel, windows: Sequence[Window],
 
 def _generate(loaded: LoadedModel, encoded: ctranslate2.StorageView, prompts: list[list[int]],
               tokenizers: list[Tokenizer], opts: TranscriptionOptions,
-              prompt_length: int) -> list[tuple]:
+              max_length: int) -> list[tuple]:
     """One batched beam search at one temperature; per window, what faster-whisper's
-    `generate_with_fallback` returns for it (result, avg_logprob, temperature, ratio).
-    `prompt_length`: the prompts' tokens up to the forced prefix (the same for the batch), so
-    a forced prefix counts against the window's `max_new_tokens`, as generated text does."""
+    `generate_with_fallback` returns for it (result, avg_logprob, temperature, ratio)."""
     model = loaded.model
     temperature = opts.temperatures[0]
     search = {"beam_size": 1, "num_hypotheses": opts.best_of, "sampling_topk": 0,
@@ -342,7 +342,7 @@ def _generate(loaded: LoadedModel, encoded: ctranslate2.StorageView, prompts: li
         encoded, prompts, length_penalty=opts.length_penalty,
         repetition_penalty=opts.repetition_penalty,
         no_repeat_ngram_size=opts.no_repeat_ngram_size,
-        max_length=_max_length(model.max_length, prompt_length, opts.max_new_tokens),
+        max_length=max_length,
         return_scores=True, return_no_speech_prob=True, suppress_blank=opts.suppress_blank,
         suppress_tokens=opts.suppress_tokens,
         max_initial_timestamp_index=int(round(opts.max_initial_timestamp
@@ -357,11 +357,9 @@ def _generate(loaded: LoadedModel, encoded: ctranslate2.StorageView, prompts: li
     return out
 
 
-def _max_length(limit: int, prompt_length: int, new_tokens: int | None) -> int:
+def _max_length(limit: int, prompt_length: int, new_tokens: int) -> int:
     """CTranslate2's Whisper `max_length` for `new_tokens` after the prompt: it decodes at
     most min(max_length / 2, max_length - prompt_length + 1) tokens (whisper.cc)."""
-    if not new_tokens:
-        return limit
     return min(limit, max(2 * new_tokens, prompt_length - 1 + new_tokens))
 
 

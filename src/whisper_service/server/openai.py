@@ -10,7 +10,8 @@ import io
 import itertools
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
@@ -61,19 +62,25 @@ class AudioForm(BaseModel):
 @router.post("/audio/transcriptions")
 async def transcriptions(request: Request, file: Annotated[UploadFile, File()],
                          form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
-    _refuse_while_draining(service)
-    async with service.files.turn():
-        _refuse_while_draining(service)  # it may have waited for its turn past a SIGTERM
+    async with _file_turn(service):
         return await _transcribe_upload(service, request, file, form, "transcribe")
 
 
 @router.post("/audio/translations")
 async def translations(request: Request, file: Annotated[UploadFile, File()],
                        form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
+    async with _file_turn(service):
+        return await _transcribe_upload(service, request, file, form, "translate")
+
+
+@asynccontextmanager
+async def _file_turn(service: Service) -> AsyncIterator[None]:
+    """A file job's turn (FileAdmission), refused while draining: before it queues, and again
+    when its turn comes (it may have waited past a SIGTERM)."""
     _refuse_while_draining(service)
     async with service.files.turn():
-        _refuse_while_draining(service)  # it may have waited for its turn past a SIGTERM
-        return await _transcribe_upload(service, request, file, form, "translate")
+        _refuse_while_draining(service)
+        yield
 
 
 def _refuse_while_draining(service: Service) -> None:
