@@ -25,7 +25,8 @@ from .transcribe import (
 
 
 def decode_chunks(decoder: Decoder, chunks: Iterable[np.ndarray], options: TranscribeOptions,
-                  on_progress: Callable[[float], None] | None = None) -> Transcript:
+                  on_progress: Callable[[float], None] | None = None,
+                  on_segment: Callable[[Segment], None] | None = None) -> Transcript:
     """Decode a long file chunk by chunk (from `iter_audio`), so its memory is that of a
     chunk (its features, ~1 MB per second, and the next chunk's samples), not of the
     file: faster-whisper holds the whole audio, its VAD copy and its features at once
@@ -34,7 +35,8 @@ def decode_chunks(decoder: Decoder, chunks: Iterable[np.ndarray], options: Trans
     Each chunk ends at the quietest moment near its end (the rest goes to the next), is
     prompted with the text before it, as faster-whisper prompts its windows, and decodes
     in the language the first chunk with speech was heard in. Times run from the start
-    of the file; `duration` is the whole file's.
+    of the file; `duration` is the whole file's. `on_segment` gets each segment, on the
+    file's timeline, as soon as its window is decoded (`stream=true` uploads send it on).
     """
     decoder.check(options)
     context = prompt_tokens(decoder.loaded, options.initial_prompt)
@@ -49,14 +51,19 @@ def decode_chunks(decoder: Decoder, chunks: Iterable[np.ndarray], options: Trans
         audio, carry = audio[:cut], audio[cut:].copy()
         offset = done / SAMPLE_RATE
         report = (lambda s, at=offset: on_progress(at + s)) if on_progress else None
+
+        def take(seg: Segment, at: float = offset) -> None:
+            segments.append(_shifted(seg, len(segments) + 1, at))
+            if on_segment:
+                on_segment(segments[-1])
+
         part = decoder.decode(DecodeRequest(audio, replace(
             options, language=language, initial_prompt=context or None,
-            prefix=None if done else options.prefix)), report)
+            prefix=None if done else options.prefix)), report, take)
         if language is None:  # detected on this chunk; kept once a chunk had speech
             heard = (part.language, part.language_probability)
             language = part.language if part.segments else None
         for seg in part.segments:
-            segments.append(_shifted(seg, len(segments) + 1, offset))
             context = _next_context(context, seg, options)
         done += cut
     # glibc keeps the chunks' freed pages: without this, a server's RSS between uploads

@@ -40,7 +40,7 @@ class RollingContext:
         if self._static_tokens > max_context_tokens:
             raise ValueError(
                 f"static_prompt: {self._static_tokens} tokens, more than "
-                f"max_context_tokens={max_context_tokens}"
+                f"max_context_tokens={max_context_tokens} (hotwords, if any, count with it)"
             )
         # (word, tokens of " " + word); the running sum avoids re-encoding on every trim.
         self._words: deque[tuple[str, int]] = deque()
@@ -141,6 +141,15 @@ class RollingContext:
         """Forget committed text (e.g. a new utterance) but keep the static prompt."""
         self._words.clear()
         self._words_tokens = 0
+
+
+def with_hotwords(hotwords: str, static_prompt: str) -> str:
+    """A stream's never-trimmed static prompt: its hotwords, then its static prompt.
+
+    faster-whisper puts `hotwords` before the previous text, but only in prompts without a
+    forced prefix, and a stream forces one in most decodes. As static prompt they are in every
+    decode's prompt, in the same place, and count against `max_context_tokens` with it."""
+    return " ".join(part for part in (hotwords.strip(), static_prompt.strip()) if part)
 
 
 def init_context(

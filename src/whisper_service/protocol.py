@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .audio import SAMPLE_RATE, Encoding
 from .registry import parse_language
 from .streaming import StreamOptions
+from .transcribe import MAX_HOTWORDS_CHARS
 from .vad import VadOptions
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class StreamConfig(BaseModel):
     sample_rate: int = SAMPLE_RATE
     encoding: Encoding = "pcm_s16le"
     static_prompt: str = Field("", max_length=2000)
+    # Folded into the static prompt, before it (faster-whisper's own hotwords would be dropped
+    # from every decode that forces a prefix, which is most of a stream's).
+    hotwords: str = Field("", max_length=MAX_HOTWORDS_CHARS)
     word_timestamps: bool = False
     utterances: bool | None = None  # None: the server's setting
     vad: VadOptions = Field(default_factory=VadOptions)
@@ -63,7 +67,8 @@ class StreamConfig(BaseModel):
         """The server's settings with this client's choices."""
         return StreamOptions.from_settings(settings, language=parse_language(self.language),
                                            task=self.task, static_prompt=self.static_prompt,
-                                           utterances=self.utterances, vad=self.vad)
+                                           hotwords=self.hotwords, utterances=self.utterances,
+                                           vad=self.vad)
 
 
 def parse_json(text: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, as_float32
 from .config import Settings, get_settings
-from .context import RollingContext
+from .context import RollingContext, with_hotwords
 from .guards import credits_start, is_hallucination, loop_start
 from .text import normalize
 from .transcribe import (
@@ -65,6 +65,8 @@ class StreamOptions:
     task: Task = "transcribe"
     static_prompt: str = ""
     vad: VadOptions = field(default_factory=VadOptions)
+    hotwords: str = ""  # go before static_prompt in the never-trimmed part of the context
+    turn_events: bool = False  # also emit speech_start / speech_end (the Realtime adapter)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, min_chunk_s: float | None = None,
@@ -86,9 +88,11 @@ class StreamOptions:
 @dataclass(frozen=True)
 class StreamEvent:
     """`partial`: the uncommitted tail, replaced by the next one. `final`: never changes.
-    `utterance`: a whole utterance decoded again, superseding the finals of its span."""
+    `utterance`: a whole utterance decoded again, superseding the finals of its span.
+    `speech_start` / `speech_end` (only with `StreamOptions.turn_events`): a turn's bounds,
+    the end coming after the turn's last final."""
 
-    type: Literal["partial", "final", "utterance"]
+    type: Literal["partial", "final", "utterance", "speech_start", "speech_end"]
     start: float
     end: float
     text: str
@@ -182,7 +186,8 @@ class StreamingSession:
         options = options or StreamOptions.from_settings()
         loaded = manager.acquire(model)
         try:
-            context = manager.init_context(model, options.static_prompt,
+            context = manager.init_context(model, with_hotwords(options.hotwords,
+                                                                options.static_prompt),
                                            options.max_context_tokens)
             session = cls(Decoder(loaded), context, options, **kwargs)
         except BaseException:
@@ -253,18 +258,49 @@ class StreamingSession:
         if self._closed:
             return []
         events = self._feed(tail, decode=False) if tail is not None and len(tail) else []
-        events += self._process(self._pending, last=True) if len(self._pending) else []
+        return events + self.end_turn() + self.decode_utterances(wait=True)
+
+    def end_turn(self) -> list[StreamEvent]:
+        """End the utterance in progress here, as a VAD end would, and go on listening: what
+        was heard so far becomes final (a client's manual commit)."""
+        if self._closed:
+            return []
+        events = self._process(self._pending, last=True) if len(self._pending) else []
         self._pending = np.zeros(0, dtype=np.float32)
         for event in self._vad.flush():
             events += self._on_vad(event.kind, event.sample)
         if self._in_speech:
             events += self._end_utterance(self._audio_start + len(self._audio))
-        return events + self.decode_utterances(wait=True)
+        return events
+
+    def discard(self) -> list[StreamEvent]:
+        """Drop what the utterance in progress has not made final, without decoding it (a
+        client's `clear`); the finals already sent stand, and listening goes on."""
+        if self._closed or not self._in_speech:
+            return []
+        self._vad.flush()  # its end event would decode the rest: not wanted here
+        self._forget_committed(float("inf"))
+        self._close_utterance(float("inf"))
+        end = self._audio_start + len(self._audio)
+        self._in_speech = False
+        self._policy.reset()
+        self._drop_until(end)
+        events = self._partial_event()
+        if self.options.turn_events:
+            events.append(StreamEvent("speech_end", end / SAMPLE_RATE, end / SAMPLE_RATE, ""))
+        return events
 
     @property
     def utterances_due(self) -> bool:
         """The oldest closed utterance's second decode is done (see `decode_utterances`)."""
         return bool(self._closed_utterances) and self._closed_utterances[0].done()
+
+    @property
+    def pending_utterance(self) -> Future[Transcript] | None:
+        """The oldest closed utterance's second decode while it runs: a server can wait for
+        it, and send the utterance when it is ready rather than with the next audio."""
+        oldest = self._closed_utterances[0] if self._closed_utterances else None
+        return oldest.future if oldest is not None and not oldest.done() else None
 
     def decode_utterances(self, wait: bool = False) -> list[StreamEvent]:
         """The `utterance` events of the closed utterances whose second decode is done (with
@@ -325,7 +361,8 @@ class StreamingSession:
                 self._recorder.begin(self._audio, self._audio_start, self.context.position)
             self._policy.reset()
             self._in_buffer, self._recent = [], []
-            return []
+            at = self._audio_start / SAMPLE_RATE
+            return [StreamEvent("speech_start", at, at, "")] if self.options.turn_events else []
         return self._end_utterance(sample)
 
     def _step(self) -> list[StreamEvent]:
@@ -354,6 +391,9 @@ class StreamingSession:
             events += self._partial_event()
             self._forget_committed(float("inf"))
             self._close_utterance(float("inf"), audio_end=end_sample)
+            if self.options.turn_events:
+                at = end_sample / SAMPLE_RATE
+                events.append(StreamEvent("speech_end", at, at, ""))
         self._in_speech = False
         self._policy.reset()
         self._drop_until(end_sample)

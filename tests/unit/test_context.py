@@ -10,7 +10,13 @@ from faster_whisper.tokenizer import Tokenizer as FasterWhisperTokenizer
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from whisper_service.context import WHISPER_MAX_PROMPT_TOKENS, RollingContext, init_context
+from whisper_service.context import (
+    PROMPT_STEP,
+    WHISPER_MAX_PROMPT_TOKENS,
+    RollingContext,
+    init_context,
+    with_hotwords,
+)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +165,39 @@ def test_static_prompt_too_long_rejected(tokenizer) -> None:
         RollingContext(tokenizer, static)
     with pytest.raises(ValueError, match=r"static_prompt: \d+ tokens.*max_context_tokens=3"):
         RollingContext(tokenizer, "one two three four five", max_context_tokens=3)
+
+
+@pytest.mark.parametrize("hotwords, static, joined", [
+    ("Katelynn Smyth", "Glossary: CTranslate2", "Katelynn Smyth Glossary: CTranslate2"),
+    ("  Katelynn Smyth ", "", "Katelynn Smyth"),
+    ("", " Glossary ", "Glossary"),
+    ("", "", ""),
+])
+def test_hotwords_go_before_the_static_prompt(hotwords, static, joined) -> None:
+    assert with_hotwords(hotwords, static) == joined
+
+
+def test_hotwords_are_never_trimmed_and_share_the_static_budget(tokenizer) -> None:
+    """Folded into the static prompt, hotwords lead every prompt, text or tokens, however
+    much committed text follows, and count against max_context_tokens with it."""
+    hotwords, static = "Katelynn Smyth, Siobhán", "Glossary: CTranslate2."
+    joined = with_hotwords(hotwords, static)
+    budget = sent_tokens(tokenizer, joined) + 20
+    ctx = init_context(tokenizer, joined, max_context_tokens=budget)
+    for i in range(40):
+        ctx.append(f"sentence number {i} talks about things.")
+    assert ctx.prompt().startswith("Katelynn Smyth, Siobhán Glossary: CTranslate2. ")
+    assert ctx.token_count() <= budget and ctx.committed_words
+    ids = ctx.tokens()
+    assert len(ids) % PROMPT_STEP == 0
+    assert tokenizer.decode(list(ids)).strip().startswith(joined)
+    # Each fits alone; together they don't, and the error says hotwords count.
+    tight = max(sent_tokens(tokenizer, hotwords), sent_tokens(tokenizer, static)) + 1
+    assert sent_tokens(tokenizer, joined) > tight
+    init_context(tokenizer, hotwords, tight)
+    init_context(tokenizer, static, tight)
+    with pytest.raises(ValueError, match=r"static_prompt: \d+ tokens.*hotwords.*count"):
+        init_context(tokenizer, joined, tight)
 
 
 def test_reset_keeps_static_prompt(tokenizer) -> None:

@@ -245,6 +245,22 @@ def test_ticket_endpoint_and_stream_handshake(tmp_path):
         assert ws.receive_json()["code"] == "config_required"
 
 
+def test_realtime_handshake_takes_openai_browser_credentials(tmp_path):
+    """OpenAI's browser clients offer `realtime` plus the key as a subprotocol."""
+    client = _client(api_key="s3cret", cache_dir=tmp_path)
+    with client.websocket_connect("/v1/realtime?intent=transcription") as ws:
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["error"]["code"] == "unauthorized"
+    offered = ["realtime", "openai-insecure-api-key.s3cret"]
+    with client.websocket_connect("/v1/realtime?intent=transcription",
+                                  subprotocols=offered) as ws:
+        assert ws.accepted_subprotocol == "realtime"  # never the key
+        assert ws.receive_json()["type"] == "session.created"
+    with client.websocket_connect("/v1/realtime?intent=conversation",
+                                  headers={"Authorization": "Bearer s3cret"}) as ws:
+        assert ws.receive_json()["error"]["code"] == "unsupported_intent"
+
+
 # -- logs -------------------------------------------------------------------------------------
 
 ACCESS_FORMAT = '%(client_addr)s - "%(request_line)s" %(status_code)s'

@@ -892,3 +892,53 @@ def test_an_utterance_never_reads_worse_than_its_finals(passage, tiny_en_tokeniz
     us = utterances(events)
     assert us and session.stats["utterance_fallbacks"] == len(us)
     assert " ".join(u.text for u in us) == " ".join(f.text for f in finals(events))
+
+
+# -- turns (the Realtime adapter's commit and clear) -------------------------------------------
+
+def test_turn_events_bracket_each_utterance_and_end_after_its_finals(passage, tiny_en_tokenizer):
+    pcm = build(passage[:int(4 * SR)], 1.0, passage[int(4 * SR):int(8 * SR)], 1.0)
+    _, events = run(GridDecoder(pcm), pcm, tiny_en_tokenizer,
+                    stream_options(turn_events=True, utterances=False))
+    kinds = [e.type for e in events if e.type != "partial"]
+    assert kinds.count("speech_start") == kinds.count("speech_end") >= 2
+    starts = [i for i, k in enumerate(kinds) if k == "speech_start"]
+    ends = [i for i, k in enumerate(kinds) if k == "speech_end"]
+    assert all(s < e for s, e in zip(starts, ends))  # alternating: start, finals, end
+    assert all(s > e for s, e in zip(starts[1:], ends))
+    for i, j in zip(starts, ends):
+        assert "final" in kinds[i:j]
+    _, plain = run(GridDecoder(pcm), pcm, tiny_en_tokenizer, stream_options(utterances=False))
+    assert not {"speech_start", "speech_end"} & {e.type for e in plain}
+
+
+def test_end_turn_makes_the_speech_so_far_final_and_listening_goes_on(passage,
+                                                                      tiny_en_tokenizer):
+    pcm = build(passage[:int(6 * SR)])
+    decoder = GridDecoder(pcm)
+    half = int(3 * SR)
+    session, events = run(decoder, pcm[:half], tiny_en_tokenizer,
+                          stream_options(turn_events=True, utterances=False), end=False)
+    events += session.end_turn()
+    assert events[-1].type == "speech_end" and events[-1].end == pytest.approx(3.0, abs=0.11)
+    heard = [word_id(w) for w in final_words(events)]
+    # The words so far (the first may be cut by the utterance start, as above).
+    assert len(set(decoder.expected_ids(0.0, 2.6)) - set(heard)) <= 1
+    more = []
+    for a, b in chunks(len(pcm) - half, BLOCK):
+        more += session.push(pcm[half + a:half + b])
+    more += session.end_of_stream()
+    later = [word_id(w) for w in final_words(more)]
+    assert later and min(later) > max(heard)  # the stream went on after the turn
+
+
+def test_discard_drops_the_rest_of_the_turn_without_decoding_it(passage, tiny_en_tokenizer):
+    pcm = build(passage[:int(6 * SR)])
+    decoder = GridDecoder(pcm)
+    session, events = run(decoder, pcm[:int(4 * SR)], tiny_en_tokenizer,
+                          stream_options(turn_events=True, utterances=False), end=False)
+    calls = len(decoder.calls)
+    dropped = session.discard()
+    assert len(decoder.calls) == calls  # nothing more was decoded
+    assert [e.type for e in dropped] == ["partial", "speech_end"] and dropped[0].text == ""
+    assert session.end_turn() == [] and session.discard() == []  # no turn left to end

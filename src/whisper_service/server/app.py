@@ -19,7 +19,7 @@ from ..models import LoadedModel, ModelManager
 from ..registry import ModelNotFoundError
 from ..transcribe import Decoder, DecodeRequest, TranscribeOptions
 from ..vad import get_vad_model
-from . import health, openai, stream, tickets
+from . import health, openai, realtime, stream, tickets
 from .admission import RateLimitMiddleware
 from .auth import ApiKeyMiddleware
 from .errors import (
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (health, openai, stream, tickets):
+    for module in (health, openai, stream, realtime, tickets):
         app.include_router(module.router)
     return app
 

@@ -31,6 +31,7 @@ PUBLIC_PREFIXES = ("/static/",)
 # A client offers `[SUBPROTOCOL, "bearer.<key>"]`; the server accepts with SUBPROTOCOL, since
 # browsers drop a socket whose server picks none of the offered ones (and the key is no echo).
 SUBPROTOCOL = "whisper-service"
+OPENAI_KEY_PREFIX = "openai-insecure-api-key."
 BEARER_PREFIX = "bearer."
 MAX_TICKETS = 10_000
 CLOCK_SKEW_S = 5.0  # replicas' clocks may differ this much
@@ -201,9 +202,12 @@ def _offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
 
 
 def _subprotocol_key(headers: Mapping[str, str]) -> str | None:
+    """`bearer.<key>` (ours) or `openai-insecure-api-key.<key>` (OpenAI's Realtime clients in
+    browsers, which cannot set headers)."""
     for name in _offered_subprotocols(headers):
-        if name.lower().startswith(BEARER_PREFIX):
-            return name[len(BEARER_PREFIX):]
+        for prefix in (BEARER_PREFIX, OPENAI_KEY_PREFIX):
+            if name.lower().startswith(prefix):
+                return name[len(prefix):]
     return None
 
 

@@ -1,6 +1,7 @@
 """OpenAI-compatible routes: `/v1/audio/transcriptions`, `/v1/audio/translations`, `/v1/models`.
 
 Clients written for OpenAI's SDKs work by changing the base URL; errors use OpenAI's body.
+`stream=true` on transcriptions answers with Server-Sent Events (sse.py).
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
@@ -24,18 +26,31 @@ from ..audio import AudioError, AudioTooLong, iter_audio
 from ..chunked import decode_chunks
 from ..config import Settings
 from ..formats import MEDIA_TYPES, render
-from ..models import ModelInUseError
+from ..models import LoadedModel, ModelInUseError
 from ..registry import ModelNotFoundError, parse_language
-from ..transcribe import Decoder, Task, TranscribeOptions, Transcript
+from ..transcribe import (
+    MAX_HOTWORDS_CHARS,
+    Decoder,
+    Segment,
+    Task,
+    TranscribeOptions,
+    Transcript,
+    prompt_tokens,
+)
 from .errors import ApiError
 from .service import Service, get_service
+from .sse import STREAMED_FORMATS, ClientGone, TranscriptStream
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1")
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 class AudioForm(BaseModel):
-    """The form fields of OpenAI's audio endpoints (translations ignore the granularities)."""
+    """The form fields of OpenAI's audio endpoints, and `hotwords` (faster-whisper's).
+    Translations ignore the granularities and `stream`: they answer whole, as OpenAI's
+    whisper-1 ignores `stream`."""
 
     model: str | None = None
     language: str | None = None
@@ -44,17 +59,24 @@ class AudioForm(BaseModel):
     temperature: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)  # OpenAI's range
     timestamp_granularities: list[str] = Field(default_factory=list,
                                                alias="timestamp_granularities[]")
+    hotwords: str | None = Field(None, max_length=MAX_HOTWORDS_CHARS)
+    stream: bool = False
 
     def options(self, task: Task) -> TranscribeOptions:
         if self.response_format not in MEDIA_TYPES:
             raise ApiError(400, "invalid_response_format",
                            "response_format must be json, text, srt, vtt or verbose_json")
+        if self.stream and task == "transcribe" \
+                and self.response_format not in STREAMED_FORMATS:
+            raise ApiError(400, "invalid_request", f"stream: response_format "
+                           f"{self.response_format} can't be streamed; use json or text")
         try:
             return TranscribeOptions(
                 language=parse_language(self.language), task=task,
                 initial_prompt=self.prompt or None,
                 temperature=self.temperature or (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-                word_timestamps="word" in self.timestamp_granularities)
+                word_timestamps="word" in self.timestamp_granularities,
+                hotwords=self.hotwords or None)
         except ValueError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
 
@@ -62,6 +84,8 @@ class AudioForm(BaseModel):
 @router.post("/audio/transcriptions")
 async def transcriptions(request: Request, file: Annotated[UploadFile, File()],
                          form: Annotated[AudioForm, Form()], service: ServiceDep) -> Response:
+    if form.stream:
+        return await _stream_upload(service, request, file, form)
     async with _file_turn(service):
         return await _transcribe_upload(service, request, file, form, "transcribe")
 
@@ -115,6 +139,33 @@ async def _transcribe_upload(service: Service, request: Request, file: UploadFil
     return Response(body, media_type=MEDIA_TYPES[form.response_format])
 
 
+async def _stream_upload(service: Service, request: Request, file: UploadFile,
+                         form: AudioForm) -> Response:
+    """`stream=true`: everything refused before the first byte is refused as above, with its
+    status. Then the response owns the file-job turn and the model reference, and gives them
+    back when the stream ends, whether it finished, failed or the client left."""
+    async with AsyncExitStack() as held:
+        await held.enter_async_context(_file_turn(service))
+        data = await _read_upload(request, file, service.settings.max_upload_bytes)
+        options = form.options("transcribe")
+        model = service.model_name(form.model)
+        chunks = await _decode_audio(data, file.filename or "file", service.settings)
+        loaded = await _acquire(service, model)
+        held.callback(service.manager.release, loaded)
+        decoder = Decoder(loaded)
+        try:
+            decoder.check(options)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        text_tokens = len(prompt_tokens(loaded, options.initial_prompt)) + len(
+            prompt_tokens(loaded, options.hotwords))  # for `usage`
+        return TranscriptStream(
+            lambda on_segment, check: _transcribe(service, decoder, chunks, options, check,
+                                                  on_segment),
+            _refusal, text_tokens, service.metrics.rejected.labels("client_gone").inc,
+            held.pop_all().aclose)
+
+
 async def _read_upload(request: Request, file: UploadFile, limit: int) -> bytes:
     """The upload's bytes, refused early by its declared length, and again by what came."""
     length = int(request.headers.get("content-length") or 0)
@@ -145,8 +196,35 @@ def _audio_refused(exc: AudioError) -> ApiError:
     return ApiError(400, "invalid_audio", str(exc))
 
 
-class ClientGone(Exception):
-    """The client of a file transcription disconnected: stop spending decodes on it."""
+def _refusal(exc: Exception) -> ApiError:
+    """What an error met while transcribing tells the client (a stream, after its first
+    byte, sends it as an event)."""
+    if isinstance(exc, AudioError):  # decoding the later chunks
+        return _audio_refused(exc)
+    if isinstance(exc, ValueError):
+        return ApiError(400, "invalid_request", str(exc))
+    log.error("transcription failed", exc_info=exc)
+    return ApiError(500, "server_error", "the transcription failed")
+
+
+async def _acquire(service: Service, name: str) -> LoadedModel:
+    try:
+        return await run_in_threadpool(service.manager.acquire, name)
+    except ModelNotFoundError as exc:
+        raise ApiError(404, "model_not_found", str(exc)) from None
+    except ModelInUseError as exc:
+        raise ApiError(503, "server_busy", str(exc)) from None
+
+
+def _transcribe(service: Service, decoder: Decoder, chunks: Iterable[np.ndarray],
+                options: TranscribeOptions, on_progress: Callable[[float], None],
+                on_segment: Callable[[Segment], None] | None = None) -> Transcript:
+    """The whole file, in a worker thread, with its metrics."""
+    started = time.perf_counter()
+    transcript = decode_chunks(decoder, chunks, options, on_progress, on_segment)
+    service.metrics.decode_seconds.labels("file").observe(time.perf_counter() - started)
+    service.metrics.audio_seconds.labels("file").inc(transcript.duration)
+    return transcript
 
 
 async def _decode(service: Service, name: str, chunks: Iterable[np.ndarray],
@@ -155,16 +233,10 @@ async def _decode(service: Service, name: str, chunks: Iterable[np.ndarray],
     found there when the container did not declare its length. A client that disconnects
     stops the work at the next window (a 3 h file would otherwise hold a file-job slot and a
     decode worker for minutes, for nobody)."""
-    try:
-        loaded = await run_in_threadpool(service.manager.acquire, name)
-    except ModelNotFoundError as exc:
-        raise ApiError(404, "model_not_found", str(exc)) from None
-    except ModelInUseError as exc:
-        raise ApiError(503, "server_busy", str(exc)) from None
+    loaded = await _acquire(service, name)
     try:
         decoder = Decoder(loaded)
         decoder.check(options)
-        started = time.perf_counter()
         gone = threading.Event()
 
         def check(_: float) -> None:  # called after every window, in the worker thread
@@ -173,23 +245,18 @@ async def _decode(service: Service, name: str, chunks: Iterable[np.ndarray],
 
         watcher = asyncio.create_task(_watch_disconnect(request, gone))
         try:
-            transcript = await run_in_threadpool(decode_chunks, decoder, chunks, options,
-                                                 check)
+            return await run_in_threadpool(_transcribe, service, decoder, chunks, options,
+                                           check)
         finally:
             gone.set()  # also when this request is cancelled: the worker stops too
             watcher.cancel()
     except ClientGone:
         service.metrics.rejected.labels("client_gone").inc()
         raise ApiError(499, "client_closed_request", "the client disconnected") from None
-    except AudioError as exc:  # decoding the later chunks
-        raise _audio_refused(exc) from None
-    except ValueError as exc:
-        raise ApiError(400, "invalid_request", str(exc)) from None
+    except ValueError as exc:  # AudioError included
+        raise _refusal(exc) from None
     finally:
         service.manager.release(loaded)
-    service.metrics.decode_seconds.labels("file").observe(time.perf_counter() - started)
-    service.metrics.audio_seconds.labels("file").inc(transcript.duration)
-    return transcript
 
 
 async def _watch_disconnect(request: Request, gone: threading.Event) -> None:

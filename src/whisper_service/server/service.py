@@ -19,7 +19,10 @@ from .admission import FileAdmission, RateLimiter
 from .auth import ApiKey
 from .errors import ProtocolError
 
-OPENAI_ALIASES = ("whisper-1",)  # clients written for OpenAI send this name
+# Clients written for OpenAI send these names: they get the default model.
+OPENAI_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
+                  "gpt-4o-mini-transcribe-2025-12-15", "gpt-transcribe", "gpt-live-transcribe",
+                  "gpt-realtime-whisper")
 
 
 class Sessions:

@@ -1,0 +1,380 @@
+"""OpenAI's Realtime transcription sessions at `/v1/realtime?intent=transcription`.
+
+A second protocol adapter over the same engine as `/v1/stream`: one `StreamingSession` per
+connection, with the same admission, keys, limits and drain. The client appends base64
+audio; the session's finals go out as transcription deltas and each turn's text as
+`completed` (see `realtime_protocol.Turns`). A bad event gets an `error` event, and the
+session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+from fastapi import APIRouter, WebSocket
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from ..audio import SAMPLE_RATE, AudioError, Resampler, pcm_to_float
+from ..models import ModelInUseError
+from ..protocol import ProtocolError
+from ..realtime_protocol import (
+    MIN_COMMIT_S,
+    Dialect,
+    RealtimeConfig,
+    RealtimeError,
+    Turns,
+    audio_bytes,
+    server_event,
+)
+from ..registry import ModelNotFoundError
+from ..streaming import StreamEvent, StreamingSession, StreamOptions
+from .errors import error_response
+from .service import Service, get_service
+
+router = APIRouter()
+
+
+@dataclass(frozen=True)
+class Append:
+    samples: np.ndarray  # 16 kHz mono float32
+
+
+@dataclass(frozen=True)
+class Control:
+    """commit, clear or an update, in order with the audio around it."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A bad client event: answered with an `error` event."""
+
+    error: RealtimeError
+    event_id: str | None = None
+
+
+Item = Append | Control | Failed
+UPDATES = ("session.update", "transcription_session.update")
+
+
+@router.websocket("/v1/realtime")
+async def realtime(ws: WebSocket) -> None:
+    await RealtimeHandler(ws, get_service(ws)).run()
+
+
+class RealtimeHandler:
+    """One Realtime connection: a config, a session opened with the first audio (and again
+    after an update that follows audio), and the turns of its events."""
+
+    def __init__(self, ws: WebSocket, service: Service) -> None:
+        self.ws, self.service, self.settings = ws, service, service.settings
+        self.session_id = ""
+        self.dialect: Dialect = "beta" if "realtime=v1" in ws.headers.get("openai-beta", "") \
+            else "ga"
+        self.config = RealtimeConfig()
+        self.session: StreamingSession | None = None
+        self.turns = Turns(server_vad=True, utterances=self.settings.utterances)
+        self.offset_s = 0.0  # audio heard by the sessions before this one
+        self.received_s = 0.0  # audio read from the socket
+        self.uncommitted_s = 0.0  # audio since the last turn ended
+        self._resampler = Resampler(self.config.rate)
+        self._g711: av.CodecContext | None = None
+
+    async def run(self) -> None:
+        intent = self.ws.query_params.get("intent", "transcription")
+        if self.service.sessions.draining and "websocket.http.response" in \
+                self.ws.scope.get("extensions", {}):
+            self.service.metrics.rejected.labels("draining").inc()
+            await self.ws.send_denial_response(error_response(
+                503, "shutting_down", "server shutting down; connect again", {"Retry-After": "1"}))
+            return
+        await self.ws.accept(subprotocol=_realtime_subprotocol(self.ws.headers))
+        try:
+            if not self.service.api_key.allows_websocket(self.ws.headers, self.ws.query_params):
+                self.service.metrics.rejected.labels("unauthorized").inc()
+                raise ProtocolError("unauthorized", "missing or invalid API key")
+            if intent != "transcription":
+                raise ProtocolError("unsupported_intent", f"intent {intent!r} is not served "
+                                    "here; only transcription sessions (intent=transcription)")
+            if "ticket" not in self.ws.query_params and (wait := self.service.rate_limit.wait(
+                    self.ws)):
+                self.service.metrics.rejected.labels("rate_limited").inc()
+                raise ProtocolError("rate_limited", self.service.rate_limit.explain(wait), 1013)
+            with self.service.sessions.open() as (session_id, finish):
+                self.session_id = f"sess_{session_id}"
+                try:
+                    await self._send(server_event(self._kind("created"),
+                                                  session=self._session_object()))
+                    await self._serve(finish)
+                finally:
+                    if self.session is not None:
+                        self.session.close()
+        except ProtocolError as exc:
+            await self._close_with_error(exc)
+        except WebSocketDisconnect:
+            pass  # the client vanished; its session was closed above
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _serve(self, finish: asyncio.Event) -> None:
+        queue: asyncio.Queue[Item | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(queue))
+        finisher = asyncio.create_task(finish.wait())
+        started = time.monotonic()
+        try:
+            while True:
+                items = await self._next_items(queue, reader, finisher)
+                if items is None:
+                    return await self._finish("server shutting down", 1001)
+                await self._handle([i for i in items if i is not None])
+                if None in items:
+                    await self._send(RealtimeError(
+                        "idle_timeout", f"no event for {self.settings.idle_timeout_s:.0f} s",
+                        kind="server_error").event())
+                    return await self._finish("idle timeout", 1000)
+                if time.monotonic() - started > self.settings.max_session_s:
+                    await self._send(RealtimeError(
+                        "session_too_long", f"session exceeded {self.settings.max_session_s:.0f}"
+                        " s", kind="server_error").event())
+                    return await self._finish("maximum session duration", 1000)
+        finally:
+            for task in (reader, finisher):
+                task.cancel()
+            await asyncio.gather(reader, finisher, return_exceptions=True)
+
+    async def _next_items(self, queue: asyncio.Queue[Item | None], reader: asyncio.Task,
+                          finisher: asyncio.Task) -> list[Item | None] | None:
+        """What queued up (None in it: idle), or None on drain. A turn's utterance decode that
+        finishes meanwhile is sent at once: its `completed` must not wait for more audio."""
+        while True:
+            getter = asyncio.create_task(queue.get())
+            waiting = {getter, finisher, reader}
+            running = self.session.pending_utterance if self.session else None
+            if running is not None:
+                waiting.add(asyncio.wrap_future(running))
+            try:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waiting - {finisher, reader}:
+                    if not task.done():
+                        task.cancel()
+            if finisher in done:
+                return None
+            if getter in done:
+                items = [getter.result()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                return items
+            if reader in done:
+                reader.result()  # the reader's disconnect or fatal error
+            if self.session is not None and self.session.utterances_due:
+                await self._forward(await run_in_threadpool(self.session.decode_utterances))
+
+    async def _handle(self, items: list[Item]) -> None:
+        """In order; runs of appended audio are pushed as one chunk, as `/v1/stream` does."""
+        audio: list[np.ndarray] = []
+        for item in [*items, None]:
+            if isinstance(item, Append):
+                audio.append(item.samples)
+                continue
+            if audio:
+                await self._push(np.concatenate(audio))
+                audio = []
+            if isinstance(item, Failed):
+                await self._send(item.error.event(item.event_id))
+            elif isinstance(item, Control):
+                try:
+                    await self._control(item.event)
+                except RealtimeError as exc:
+                    await self._send(exc.event(item.event.get("event_id")))
+
+    async def _push(self, samples: np.ndarray) -> None:
+        if self.session is None:
+            try:
+                await self._open()
+            except RealtimeError as exc:
+                return await self._send(exc.event())
+        session = self.session
+        self.uncommitted_s += len(samples) / SAMPLE_RATE
+        behind = self.received_s - self.offset_s - session.stats["audio_s"] + session.lag_s
+        self.service.sessions.report_lag(self.session_id.removeprefix("sess_"), behind)
+        self.service.metrics.audio_seconds.labels("stream").inc(len(samples) / SAMPLE_RATE)
+        await self._forward(await run_in_threadpool(session.push, samples))
+        if session.utterances_due:
+            await self._forward(await run_in_threadpool(session.decode_utterances))
+
+    async def _control(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind in UPDATES:
+            config, dialect = self.config.updated(event)
+            if config.model is not None:
+                self._model(config)  # refused now, not at the first audio
+            await self._close_session()  # the new settings apply from the next audio
+            self.config, self.dialect = config, dialect
+            self._resampler = Resampler(config.rate)
+            self._g711 = None
+            self.turns.server_vad = config.turn_detection is not None
+            await self._send(server_event(self._kind("updated"), session=self._session_object()))
+        elif kind == "input_audio_buffer.commit":
+            if self.uncommitted_s < MIN_COMMIT_S and not self.turns.open:
+                raise RealtimeError("input_audio_buffer_commit_empty", "buffer too small: "
+                                    f"expected at least {MIN_COMMIT_S * 1000:.0f} ms of audio, "
+                                    f"got {self.uncommitted_s * 1000:.0f} ms")
+            events = await run_in_threadpool(self.session.end_turn) if self.session else []
+            at = self.session.stats["audio_s"] if self.session else 0.0
+            await self._send_all(self.turns.commit(events, at))
+            self.uncommitted_s = 0.0
+        elif kind == "input_audio_buffer.clear":
+            self.turns.clear()
+            if self.session is not None:
+                await self._forward(await run_in_threadpool(self.session.discard))
+            self.uncommitted_s = 0.0
+            await self._send(server_event("input_audio_buffer.cleared"))
+
+    async def _open(self) -> None:
+        config = self.config
+        name = self._model(config)
+        options = StreamOptions.from_settings(
+            self.settings, language=config.language, static_prompt=config.prompt,
+            hotwords=config.hotwords, vad=config.vad, turn_events=True)
+        try:
+            self.session = await run_in_threadpool(
+                StreamingSession.open, self.service.manager, name, options,
+                on_decode=self.service.metrics.decode_seconds.labels("stream").observe)
+        except ModelInUseError as exc:
+            raise RealtimeError("server_busy", str(exc), kind="server_error") from None
+        except ValueError as exc:  # e.g. a language the model cannot transcribe
+            raise RealtimeError("invalid_value", str(exc),
+                                "session.audio.input.transcription") from None
+        self.turns = Turns(server_vad=config.turn_detection is not None,
+                           utterances=options.utterances, offset_s=self.offset_s,
+                           previous_item=self.turns.previous_item)
+
+    def _model(self, config: RealtimeConfig) -> str:
+        try:
+            return self.service.model_name(config.model)
+        except ModelNotFoundError as exc:
+            raise RealtimeError("model_not_found", str(exc),
+                                "session.audio.input.transcription.model") from None
+
+    async def _close_session(self) -> None:
+        """Finish the current session: its last words are heard and its turns completed."""
+        session, self.session = self.session, None
+        if session is None:
+            return
+        try:
+            await self._forward(await run_in_threadpool(session.end_of_stream))
+        finally:
+            self.offset_s += session.stats["audio_s"]
+            session.close()
+
+    async def _finish(self, reason: str, code: int) -> None:
+        await self._close_session()
+        await self.ws.close(code, reason)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _read(self, queue: asyncio.Queue[Item | None]) -> None:
+        timeout = self.settings.idle_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), timeout)
+            except TimeoutError:
+                return await queue.put(None)
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            await queue.put(self._parse(message))
+
+    def _parse(self, message: dict[str, Any]) -> Item:
+        text = message.get("text")
+        if text is None:
+            return Failed(RealtimeError("invalid_event", "binary messages are not part of this "
+                                        "protocol; send input_audio_buffer.append events"))
+        limit = self.settings.max_ws_message_bytes * 4 // 3 + 1024  # base64 and the envelope
+        if len(text) > limit:
+            return Failed(RealtimeError("message_too_large", f"event of {len(text)} bytes "
+                                        f"exceeds {limit}"))
+        try:
+            event = json.loads(text)
+        except ValueError as exc:
+            return Failed(RealtimeError("invalid_json", f"event is not valid JSON: {exc}"))
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return Failed(RealtimeError("invalid_event", "an event must be an object with a "
+                                        "'type'"))
+        kind, event_id = event["type"], event.get("event_id")
+        if kind == "input_audio_buffer.append":
+            try:
+                samples = self._decode(audio_bytes(event))
+            except RealtimeError as exc:
+                return Failed(exc, event_id)
+            except AudioError as exc:
+                return Failed(RealtimeError("invalid_audio", str(exc), "audio"), event_id)
+            self.received_s += len(samples) / SAMPLE_RATE
+            return Append(samples)
+        if kind in (*UPDATES, "input_audio_buffer.commit", "input_audio_buffer.clear"):
+            return Control(event)
+        return Failed(RealtimeError("unsupported_event", f"event type {kind!r} is not served "
+                                    "here: transcription sessions take session.update (or "
+                                    "transcription_session.update) and input_audio_buffer."
+                                    "append, commit and clear", "type"), event_id)
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        """PCM16 (little-endian) or G.711 bytes to 16 kHz float32."""
+        if self.config.format == "pcm16":
+            return self._resampler(pcm_to_float(data, "pcm_s16le"))
+        if self._g711 is None:
+            codec = "pcm_mulaw" if self.config.format == "g711_ulaw" else "pcm_alaw"
+            self._g711 = av.CodecContext.create(codec, "r")
+            self._g711.sample_rate, self._g711.layout = self.config.rate, "mono"
+        frames = self._g711.decode(av.Packet(data)) if data else []
+        pcm = [f.to_ndarray().reshape(-1) for f in frames]
+        samples = np.concatenate(pcm).astype(np.float32) / 32768.0 if pcm \
+            else np.zeros(0, np.float32)
+        return self._resampler(samples)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _kind(self, what: str) -> str:
+        return f"session.{what}" if self.dialect == "ga" else f"transcription_session.{what}"
+
+    def _session_object(self) -> dict[str, Any]:
+        model = self.config.model or self.settings.default_model
+        return self.config.session(self.dialect, self.session_id, model)
+
+    async def _forward(self, events: list[StreamEvent]) -> None:
+        ended = self.turns.previous_item
+        await self._send_all(self.turns.events(events))
+        if self.turns.previous_item != ended:  # the VAD ended a turn: a commit starts anew
+            self.uncommitted_s = 0.0
+
+    async def _send_all(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            await self._send(event)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        await self.ws.send_json(event)
+
+    async def _close_with_error(self, error: ProtocolError) -> None:
+        if self.ws.client_state == WebSocketState.CONNECTED:
+            try:
+                await self._send(RealtimeError(error.code, error.message,
+                                               kind="invalid_request_error").event())
+                await self.ws.close(error.close_code, error.message[:120])
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+
+
+def _realtime_subprotocol(headers: Any) -> str | None:
+    """Browsers cannot set headers, so OpenAI's clients offer `realtime` (with the key in an
+    `openai-insecure-api-key.<key>` subprotocol): accept it when offered."""
+    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+    return "realtime" if "realtime" in offered else None
+
