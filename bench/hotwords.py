@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import DATA, english_wer, read_wav, reference  # noqa: E402
+
 from whisper_service.config import Settings  # noqa: E402
 from whisper_service.models import ModelManager  # noqa: E402
 from whisper_service.streaming import StreamingSession, StreamOptions, replay  # noqa: E402

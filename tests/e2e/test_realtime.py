@@ -7,6 +7,8 @@ deltas, then `completed`, come back with the committed passages' words.
 from __future__ import annotations
 
 import base64
+import json
+import signal
 import time
 
 import av
@@ -151,3 +153,38 @@ def test_beta_dialect_with_telephone_audio(live_server):
         assert len(committed) == 1  # the cleared turn was never committed
         assert events[-1].item_id == committed[0].item_id
         assert_wer("realtime g711", reference("en_short"), events[-1].transcript, 0.25)
+
+
+@pytest.mark.once
+def test_sigterm_completes_the_turn_in_progress_then_closes_1001():
+    """A drain commits what a manual-turn client sent but never committed: nothing is lost."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from tests.e2e.conftest import run_server
+
+    speech = _resampled(read_wav(DATA / "en_short.wav"), 24000)[:int(3.2 * 24000)]
+    with run_server() as server:
+        url = server.url.replace("http", "ws") + "/v1/realtime?intent=transcription"
+        with connect(url, open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+            ws.send(json.dumps({"type": "session.update", "session": {
+                "type": "transcription", "audio": {"input": {
+                    "transcription": {"language": "en"}, "turn_detection": None}}}}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "session.updated"
+            data = _pcm16(speech)
+            for i in range(0, len(data), 4800):
+                ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                    "audio": base64.b64encode(data[i:i + 4800]).decode()}))
+            time.sleep(1.0)
+            server.proc.send_signal(signal.SIGTERM)
+            events = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    events.append(json.loads(ws.recv(timeout=30)))
+        assert closed.value.rcvd.code == 1001
+        kinds = [e["type"] for e in events]
+        assert "input_audio_buffer.committed" in kinds and kinds[-1] == COMPLETED, kinds
+        words = events[-1]["transcript"].lower()
+        assert "quick" in words and "fox" in words, events[-1]["transcript"]
+        assert server.proc.wait(timeout=20) in (0, -signal.SIGTERM)  # uvicorn re-raises it

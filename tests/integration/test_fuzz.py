@@ -65,7 +65,7 @@ ERROR_CODES = {"unauthorized", "server_busy", "config_required", "invalid_json",
                "session_too_long"}
 SAMPLE_BYTES = {"pcm_s16le": 2, "pcm_f32le": 4}
 CONFIG_FIELDS = ("type", "model", "language", "task", "sample_rate", "encoding", "static_prompt",
-                 "word_timestamps", "utterances", "vad")
+                 "hotwords", "word_timestamps", "utterances", "vad")
 VAD_FIELDS = ("threshold", "neg_threshold", "min_silence_duration_ms", "speech_pad_ms",
               "min_speech_duration_ms")
 # Names faster-whisper would fetch from the Hub: never sent, so no test waits on a network.
@@ -278,6 +278,7 @@ VALID = {
     "sample_rate": st.one_of(st.just(16000), st.integers(8000, 48000)),
     "encoding": st.sampled_from(["pcm_s16le", "pcm_f32le"]),
     "static_prompt": st.text(max_size=30),
+    "hotwords": st.sampled_from(["", "Katelynn Smyth"]),
     "word_timestamps": st.booleans(),
     "utterances": st.sampled_from([True, False, None]),
     "vad": _valid_vad(),
@@ -294,6 +295,7 @@ INVALID = {
     "encoding": st.one_of(st.text(max_size=10).filter(not_in("pcm_s16le", "pcm_f32le")),
                           not_a_string),
     "static_prompt": st.one_of(st.just("x" * 2001), st.integers(), st.none()),
+    "hotwords": st.one_of(st.just("x" * 501), st.integers(), st.none()),
     "word_timestamps": not_a_bool,
     "utterances": st.sampled_from([2, -1, "maybe", [], {}, 0.5]),
     "vad": st.one_of(

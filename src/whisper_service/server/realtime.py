@@ -266,12 +266,16 @@ class RealtimeHandler:
                                 "session.audio.input.transcription.model") from None
 
     async def _close_session(self) -> None:
-        """Finish the current session: its last words are heard and its turns completed."""
+        """Finish the current session: its last words are heard, and its turns, the one in
+        progress too, are committed and completed (on an update, a drain, a time limit)."""
         session, self.session = self.session, None
         if session is None:
             return
         try:
-            await self._forward(await run_in_threadpool(session.end_of_stream))
+            events = self.turns.events(await run_in_threadpool(session.end_of_stream))
+            if self.turns.open:
+                events += self.turns.commit([], session.stats["audio_s"])
+            await self._send_all(events)
         finally:
             self.offset_s += session.stats["audio_s"]
             session.close()
