@@ -292,8 +292,8 @@ INVALID = {
     "sample_rate": st.one_of(st.integers(max_value=7999), st.integers(min_value=48001),
                              st.floats(8000.5, 47999.5).filter(lambda x: x % 1),
                              st.sampled_from([math.nan, math.inf, "fast", [16000], None])),
-    "encoding": st.one_of(st.text(max_size=10).filter(not_in("pcm_s16le", "pcm_f32le")),
-                          not_a_string),
+    "encoding": st.one_of(st.text(max_size=10).filter(
+        not_in("pcm_s16le", "pcm_f32le", "webm_opus", "ogg_opus")), not_a_string),
     "static_prompt": st.one_of(st.just("x" * 2001), st.integers(), st.none()),
     "hotwords": st.one_of(st.just("x" * 501), st.integers(), st.none()),
     "word_timestamps": not_a_bool,

@@ -18,7 +18,15 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ..audio import SAMPLE_RATE, AudioError, Resampler, pcm_to_float
+from ..audio import (
+    OPUS_ENCODINGS,
+    SAMPLE_RATE,
+    AudioError,
+    BrokenAudio,
+    OpusStream,
+    Resampler,
+    pcm_to_float,
+)
 from ..models import ModelInUseError
 from ..protocol import StreamConfig, parse_config, parse_json
 from ..registry import ModelNotFoundError
@@ -87,6 +95,7 @@ class StreamHandler:
         self.config: StreamConfig | None = None
         self.session_id = ""
         self.received_s = 0.0  # audio read from the socket, pushed or still queued
+        self.opus: OpusStream | None = None  # the decoder of `webm_opus` and `ogg_opus`
 
     async def run(self) -> None:
         if self.service.sessions.draining and await self._refuse_draining():
@@ -171,6 +180,8 @@ class StreamHandler:
             while True:
                 items = await self._next_items(queue, reader, finisher)
                 if items is None:  # drain: what already arrived is heard, then the end
+                    reader.cancel()  # first, so nothing it decodes meanwhile is left behind
+                    await asyncio.gather(reader, return_exceptions=True)
                     tail = [i.samples for i in _take_all(queue) if isinstance(i, Audio)]
                     return await self._finish("server shutting down", 1001,
                                               np.concatenate(tail) if tail else None)
@@ -233,6 +244,8 @@ class StreamHandler:
     async def _read(self, queue: asyncio.Queue[Item]) -> None:
         """The reader task: socket messages to queue items, until `end` or idle."""
         resample = Resampler(self.config.sample_rate)
+        if self.config.encoding in OPUS_ENCODINGS:
+            self.opus = OpusStream(self.config.encoding)
         while True:
             try:
                 message = await self._receive()
@@ -240,10 +253,10 @@ class StreamHandler:
                 return await queue.put(Idle(exc))
             data = message.get("bytes")
             if data is not None:
-                item = self._audio(data, resample)
-                if isinstance(item, Audio):
-                    self.received_s += len(item.samples) / SAMPLE_RATE
-                await queue.put(item)
+                for item in await self._audio(data, resample):
+                    if isinstance(item, Audio):
+                        self.received_s += len(item.samples) / SAMPLE_RATE
+                    await queue.put(item)
                 continue
             try:
                 kind = parse_json(message.get("text") or "")["type"]
@@ -256,15 +269,30 @@ class StreamHandler:
                 "unknown_message_type", f"unknown message type {kind!r}; "
                 "expected binary audio or {\"type\": \"end\"}")))
 
-    def _audio(self, data: bytes, resample: Resampler) -> Audio | ClientError:
+    async def _audio(self, data: bytes, resample: Resampler) -> list[Item]:
         limit = self.settings.max_ws_message_bytes
         if len(data) > limit:  # fatal: raised in the reader, re-raised by the handler
             raise ProtocolError("message_too_large",
                                 f"audio frame of {len(data)} bytes exceeds {limit}", 1009)
+        if self.opus is not None:
+            return await self._opus_audio(data)
         try:
-            return Audio(resample(pcm_to_float(data, self.config.encoding)))
+            return [Audio(resample(pcm_to_float(data, self.config.encoding)))]
         except AudioError as exc:
-            return ClientError(ProtocolError("invalid_audio", str(exc)))
+            return [ClientError(ProtocolError("invalid_audio", str(exc)))]
+
+    async def _opus_audio(self, data: bytes) -> list[Item]:
+        """A MediaRecorder chunk, decoded in a worker thread (off the event loop). A corrupt
+        packet is reported and skipped; a stream that cannot go on ends the session (1007)."""
+        error = None
+        try:
+            await run_in_threadpool(self.opus.feed, data)
+        except BrokenAudio as exc:
+            raise ProtocolError("invalid_audio", str(exc), 1007) from None
+        except AudioError as exc:
+            error = ClientError(ProtocolError("invalid_audio", str(exc)))
+        samples = self.opus.take()
+        return [item for item in (Audio(samples) if len(samples) else None, error) if item]
 
     async def _receive(self) -> dict[str, Any]:
         timeout = self.settings.idle_timeout_s
@@ -282,6 +310,8 @@ class StreamHandler:
         """Last finals, then `done`, then close: nothing a client sent is lost."""
         self.state = State.FINISHING
         session = self.session
+        if self.opus is not None:  # the decoder's last samples
+            tail = await self._flush_opus(tail)
         await self._send_events(await run_in_threadpool(session.end_of_stream, tail))
         await self.ws.send_json({"type": "done",
                                  "audio_seconds": round(session.stats["audio_s"], 3),
@@ -289,6 +319,14 @@ class StreamHandler:
                                  "utterances": session.stats["utterances"],
                                  "text": session.transcript, "reason": reason})
         await self.ws.close(code, reason)
+
+    async def _flush_opus(self, tail: np.ndarray | None) -> np.ndarray | None:
+        try:
+            await run_in_threadpool(self.opus.flush)
+        except AudioError as exc:  # cut inside a page: reported, the rest is still heard
+            await self._send_error(ProtocolError("invalid_audio", str(exc)))
+        parts = [a for a in (tail, self.opus.take()) if a is not None and len(a)]
+        return np.concatenate(parts) if parts else None
 
     async def _send_events(self, events: list[StreamEvent]) -> None:
         for event in events:

@@ -6,6 +6,9 @@
  *
  * Live flow: mic -> AudioContext (16 kHz) -> AudioWorklet "pcm-writer" (Int16 LE, 100 ms frames)
  *            -> WebSocket /v1/stream (config JSON, wait for "ready", binary frames, "end").
+ * Where the browser records Opus (MediaRecorder, WebM or Ogg), the page sends that instead:
+ * the recorder's 100 ms chunks, as they come, about a tenth of the PCM bytes. The worklet
+ * then only drives the level meter. PCM stays the fallback and a choice ("Audio sent").
  *
  * With an API key, HTTP requests carry it in `Authorization: Bearer`, and each WebSocket opens
  * with a fresh single-use ticket from POST /v1/stream/ticket: the key never sits in a URL,
@@ -18,6 +21,14 @@ const DONE_TIMEOUT_MS = 10000;       // how long to wait for "done" after "end"
 const READY_TIMEOUT_MS = 60000;      // after Stop, how long to wait for a slow "ready" (model load)
 const FLUSH_TIMEOUT_MS = 500;        // how long to wait for the worklet's last partial frame
 const MAX_PENDING_FRAMES = 600;      // audio held back (60 s) while the server prepares the session
+// Opus at 24 kb/s: the test clip transcribes as from PCM (tests/integration/test_opus.py);
+// Chromium's default came to 160 kb/s in speech. Chunks of 100 ms, like the PCM frames.
+const OPUS_BITRATE = 24000;
+const OPUS_TIMESLICE_MS = 100;
+const OPUS_TYPES = [               // MediaRecorder type -> the server's encoding
+  ['audio/webm;codecs=opus', 'webm_opus'],   // Chrome, Edge, Firefox
+  ['audio/ogg;codecs=opus', 'ogg_opus'],     // Firefox
+];
 
 const FALLBACK_MODELS = [
   { id: 'base', languages: 'multilingual' },
@@ -30,6 +41,7 @@ const CLOSE_HINTS = {
   1000: 'closed by the server',
   1001: 'server going away',
   1006: 'connection lost',
+  1007: 'audio the server could not decode',
   1008: 'not allowed (check the API key)',
   1009: 'message too large',
   1011: 'server error',
@@ -41,6 +53,7 @@ const ui = {
   model: $('model'), language: $('language'), task: $('task'), prompt: $('prompt'),
   start: $('start'), stop: $('stop'), status: $('status'),
   transcript: $('transcript'), partial: $('partial'), timer: $('timer'), level: $('level'),
+  encoding: $('encoding'), rate: $('rate'),
   fileForm: $('file-form'), file: $('file'), format: $('format'), upload: $('upload'),
   fileResult: $('file-result'), download: $('download'),
   apiKey: $('api-key'), apiKeyField: $('api-key-field'),
@@ -271,11 +284,17 @@ function applyUtterance(msg) {
 
 /* ---------- microphone and worklet ---------- */
 
-async function openMicrophone(onWorkletMessage) {
+/**
+ * The microphone, its AudioContext and worklet and, with `opus` ([mimeType, encoding]), a
+ * MediaRecorder whose chunks go to `onChunk`. The recorder starts first, so the time the
+ * worklet takes to load costs it no audio.
+ */
+async function openMicrophone(onWorkletMessage, opus = null, onChunk = null) {
   const stream = await navigator.mediaDevices.getUserMedia({
     audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
   });
   try {
+    const recording = opus ? startRecorder(stream, opus, onChunk) : null;
     const { ctx, source } = createContextAndSource(stream);
     await ctx.audioWorklet.addModule('static/pcm-worklet.js');
     const node = new AudioWorkletNode(ctx, 'pcm-writer', {
@@ -296,7 +315,7 @@ async function openMicrophone(onWorkletMessage) {
     node.connect(mute);
     mute.connect(ctx.destination);
     if (ctx.state === 'suspended') await ctx.resume();
-    return { stream, ctx, node, source };
+    return { stream, ctx, node, source, recording };
   } catch (err) {
     stream.getTracks().forEach((track) => track.stop());
     throw err;
@@ -342,6 +361,7 @@ function closeMicrophone(audio) {
   if (!audio) return Promise.resolve();
   if (!audio.closing) {
     audio.closing = (async () => {
+      if (audio.recording) await stopRecorder(audio.recording);   // before the tracks end
       await flushWorklet(audio.node);
       audio.stream.getTracks().forEach((track) => track.stop());
       audio.source.disconnect();
@@ -367,6 +387,67 @@ function micErrorMessage(err) {
   }
 }
 
+/** The first Opus type this browser records, as [mimeType, encoding], or null. */
+function opusType() {
+  if (typeof MediaRecorder === 'undefined' || !MediaRecorder.isTypeSupported) return null;
+  return OPUS_TYPES.find(([type]) => MediaRecorder.isTypeSupported(type)) || null;
+}
+
+/** Offer Opus where the browser records it (and make it the default), PCM everywhere. */
+function initEncoding() {
+  const opus = ui.encoding.querySelector('option[value="opus"]');
+  if (opusType()) {
+    ui.encoding.value = 'opus';
+  } else {
+    opus.disabled = true;
+    opus.textContent += ' (not supported by this browser)';
+    ui.encoding.value = 'pcm';
+  }
+}
+
+/**
+ * Record Opus from the microphone's stream. Chunks are read in order (Blob.arrayBuffer is
+ * asynchronous) and go out as they come: the first carries the header, so none may be lost.
+ */
+function startRecorder(stream, [mimeType], onChunk) {
+  const recorder = new MediaRecorder(stream, { mimeType, audioBitsPerSecond: OPUS_BITRATE });
+  const recording = { recorder, sent: Promise.resolve() };
+  recorder.ondataavailable = (event) => {
+    if (!event.data.size) return;
+    recording.sent = recording.sent
+      .then(() => event.data.arrayBuffer())
+      .then(onChunk);
+  };
+  recorder.start(OPUS_TIMESLICE_MS);
+  return recording;
+}
+
+/** Stop the recorder; resolves once its last chunk has been handed on. */
+async function stopRecorder(recording) {
+  const { recorder } = recording;
+  if (recorder.state !== 'inactive') {
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, FLUSH_TIMEOUT_MS);
+      recorder.addEventListener('stop', () => {
+        clearTimeout(timer);
+        resolve();
+      }, { once: true });
+      recorder.stop();     // the last "dataavailable" comes before "stop"
+    });
+  }
+  await recording.sent.catch(() => {});
+}
+
+/** Audio bytes per second of recording, shown small next to the timer. */
+function showRate(s) {
+  const seconds = ((s.stoppedAt || performance.now()) - s.startedAt) / 1000;
+  if (seconds < 1) return;
+  ui.rate.dataset.bytes = s.bytes;
+  ui.rate.dataset.seconds = seconds.toFixed(2);
+  const kind = s.encoding === 'pcm_s16le' ? 'PCM' : 'Opus';
+  ui.rate.textContent = `${kind} · ${(s.bytes / seconds / 1000).toFixed(1)} kB/s`;
+}
+
 function showLevel(peak) {
   // Square root so that normal speech (peaks around 0.1-0.3) moves the bar visibly.
   ui.level.style.width = `${Math.min(100, Math.sqrt(peak || 0) * 100).toFixed(0)}%`;
@@ -376,7 +457,11 @@ function showLevel(peak) {
 
 function newSession() {
   return {
-    audio: null,          // {stream, ctx, node, source} from openMicrophone
+    audio: null,          // {stream, ctx, node, source, recording} from openMicrophone
+    encoding: 'pcm_s16le',  // or webm_opus / ogg_opus: what the binary frames carry
+    opus: null,           // [mimeType, encoding] when recording Opus
+    bytes: 0,             // audio bytes produced so far (sent or waiting for "ready")
+    stoppedAt: 0,         // when Stop was pressed (performance.now()), for the byte rate
     ws: null,
     ready: false,         // the server sent "ready": audio may flow
     stopping: false,      // Stop pressed
@@ -395,7 +480,9 @@ function updateControls() {
   const s = session;
   ui.start.disabled = s !== null;
   ui.stop.disabled = !s || !s.audio || s.stopping;
-  for (const el of [ui.model, ui.language, ui.task, ui.prompt, ui.apiKey]) el.disabled = s !== null;
+  for (const el of [ui.model, ui.language, ui.task, ui.prompt, ui.apiKey, ui.encoding]) {
+    el.disabled = s !== null;
+  }
   document.body.classList.toggle('recording', Boolean(s && s.audio && !s.stopping));
 }
 
@@ -410,14 +497,18 @@ async function startRecording() {
     return;
   }
   const s = newSession();
+  s.opus = ui.encoding.value === 'opus' ? opusType() : null;
+  if (s.opus) s.encoding = s.opus[1];
   session = s;
   clearTranscript();
+  ui.rate.textContent = '';
   updateControls();
   setStatus('Waiting for microphone permission…');
 
   // Mic first, socket second: a slow permission prompt must not run into the server's idle timeout.
   try {
-    s.audio = await openMicrophone((msg) => onWorkletMessage(s, msg));
+    s.audio = await openMicrophone((msg) => onWorkletMessage(s, msg), s.opus,
+      (buffer) => sendAudio(s, buffer));
   } catch (err) {
     finishSession(s, micErrorMessage(err), 'error');
     return;
@@ -429,6 +520,7 @@ async function startRecording() {
   s.startedAt = performance.now();
   s.clock = setInterval(() => {
     ui.timer.textContent = formatClock((performance.now() - s.startedAt) / 1000);
+    showRate(s);
   }, 250);
   ui.timer.textContent = '0:00';
   setStatus('Connecting…');
@@ -444,24 +536,25 @@ async function startRecording() {
   s.ws = openSocket(s, url);
 }
 
-function streamConfig() {
-  return {
+function streamConfig(s) {
+  const config = {
     type: 'config',
     model: ui.model.value,
     language: ui.language.value,
     task: ui.task.value,
-    sample_rate: TARGET_RATE,
-    encoding: 'pcm_s16le',
+    encoding: s.encoding,
     static_prompt: ui.prompt.value.trim(),
     word_timestamps: false,
   };
+  if (s.encoding === 'pcm_s16le') config.sample_rate = TARGET_RATE;  // Opus states its own
+  return config;
 }
 
 function openSocket(s, url) {
   const ws = new WebSocket(url);
   ws.binaryType = 'arraybuffer';
   ws.onopen = () => {
-    ws.send(JSON.stringify(streamConfig()));
+    ws.send(JSON.stringify(streamConfig(s)));
     if (s === session) setStatus('Connected; preparing the model…');
   };
   ws.onmessage = (event) => {
@@ -473,19 +566,21 @@ function openSocket(s, url) {
 
 function onWorkletMessage(s, msg) {
   if (!msg || msg.type !== 'audio') return;
-  sendAudio(s, msg.buffer);
+  if (!s.opus) sendAudio(s, msg.buffer);   // with Opus, the worklet only measures the level
   if (!s.stopping) showLevel(msg.peak);
 }
 
 function sendAudio(s, buffer) {
   if (s.endSent) return;           // after "end" the server takes no more audio
+  s.bytes += buffer.byteLength;
   if (s.ready && s.ws && s.ws.readyState === WebSocket.OPEN) {
     s.ws.send(buffer);
     return;
   }
-  // Not ready yet: hold the audio so the first words are not lost, but not without bound.
+  // Not ready yet: hold the audio so the first words are not lost. PCM frames are dropped
+  // past a bound; Opus chunks never are (a gap breaks the stream), at ~3 kB/s they are small.
   s.pending.push(buffer);
-  if (s.pending.length > MAX_PENDING_FRAMES) {
+  if (!s.opus && s.pending.length > MAX_PENDING_FRAMES) {
     s.pending.shift();
     s.dropped += 1;
   }
@@ -546,6 +641,7 @@ async function stopRecording() {
   const s = session;
   if (!s || s.stopping) return;
   s.stopping = true;
+  s.stoppedAt = performance.now();
   updateControls();
   setStatus('Finishing…');
   clearInterval(s.clock);
@@ -574,6 +670,7 @@ function armTimeout(s, ms, message) {
 
 function onDone(s, msg) {
   ui.partial.textContent = '';
+  showRate(s);                     // the whole recording's figure, last chunk included
   const seconds = Number(msg.audio_seconds || 0).toFixed(1);
   const segments = msg.segments ?? 0;
   finishSession(s, `Done: ${seconds} s of audio, ${segments} segment${segments === 1 ? '' : 's'}.`, 'ok');
@@ -690,6 +787,7 @@ function init() {
     if (session) finishSession(session, '', 'info');
   });
   initKey();
+  initEncoding();
   updateControls();
   loadModels();
 }
