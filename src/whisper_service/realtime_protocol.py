@@ -109,14 +109,9 @@ class RealtimeConfig:
         session = event.get("session")
         if not isinstance(session, dict):
             raise RealtimeError("invalid_value", "the event needs a 'session' object", "session")
-        try:
-            if event["type"] == "session.update":
-                return self._updated_ga(session), "ga"
-            return self._updated_beta(session), "beta"
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(["session", *map(str, first["loc"])])
-            raise RealtimeError("invalid_value", f"{where}: {first['msg']}", where) from None
+        if event["type"] == "session.update":
+            return self._updated_ga(session), "ga"
+        return self._updated_beta(session), "beta"
 
     def _updated_ga(self, session: dict[str, Any]) -> RealtimeConfig:
         if session.get("type", "transcription") != "transcription":
@@ -135,7 +130,7 @@ class RealtimeConfig:
                                     "audio/pcm, audio/pcmu or audio/pcma",
                                     "session.audio.input.format.type")
             config = config._with_format(GA_FORMATS[kind], fmt.get("rate"))
-        return config._with_input(given, "transcription", "turn_detection")
+        return config._with_input(given, "session.audio.input", "transcription")
 
     def _updated_beta(self, session: dict[str, Any]) -> RealtimeConfig:
         config = self
@@ -146,7 +141,7 @@ class RealtimeConfig:
                                     "use pcm16, g711_ulaw or g711_alaw",
                                     "session.input_audio_format")
             config = config._with_format(kind, None)
-        return config._with_input(session, "input_audio_transcription", "turn_detection")
+        return config._with_input(session, "session", "input_audio_transcription")
 
     def _with_format(self, kind: AudioFormat, rate: Any) -> RealtimeConfig:
         default = OPENAI_RATE if kind == "pcm16" else G711_RATE
@@ -157,25 +152,26 @@ class RealtimeConfig:
                                 "session.audio.input.format.rate")
         return replace(self, format=kind, rate=rate or default)
 
-    def _with_input(self, given: dict[str, Any], transcription_key: str,
-                    turns_key: str) -> RealtimeConfig:
+    def _with_input(self, given: dict[str, Any], where: str,
+                    transcription_key: str) -> RealtimeConfig:
+        """The transcription and turn-detection settings under `given` (at `where`)."""
         config = self
         if given.get(transcription_key) is not None:
-            wanted = Transcription.model_validate(given[transcription_key])
+            at = f"{where}.{transcription_key}"
+            wanted = _validated(Transcription, given[transcription_key], at)
             try:
                 language = parse_language(wanted.language)
             except ValueError as exc:
-                raise RealtimeError("invalid_value", str(exc),
-                                    f"session.{transcription_key}.language") from None
+                raise RealtimeError("invalid_value", str(exc), f"{at}.language") from None
             config = replace(config, model=wanted.model, language=language,
                              prompt=wanted.prompt, keywords=tuple(wanted.keywords))
             if len(config.hotwords) > MAX_HOTWORDS_CHARS:
                 raise RealtimeError("invalid_value", f"keywords: at most {MAX_HOTWORDS_CHARS} "
-                                    "characters in all", f"session.{transcription_key}.keywords")
-        if turns_key in given:
-            turns = given[turns_key]
-            config = replace(config, turn_detection=None if turns is None
-                             else TurnDetection.model_validate(turns))
+                                    "characters in all", f"{at}.keywords")
+        if "turn_detection" in given:
+            turns = given["turn_detection"]
+            config = replace(config, turn_detection=None if turns is None else _validated(
+                TurnDetection, turns, f"{where}.turn_detection"))
         return config
 
     def session(self, dialect: Dialect, session_id: str, model: str) -> dict[str, Any]:
@@ -195,6 +191,15 @@ class RealtimeConfig:
                 "id": session_id, "audio": {"input": {
                     "format": fmt, "transcription": transcription, "turn_detection": turns,
                     "noise_reduction": None}}, "include": []}
+
+
+def _validated(model: type[_Lenient], value: Any, where: str) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        at = ".".join([where, *map(str, first["loc"])])
+        raise RealtimeError("invalid_value", f"{at}: {first['msg']}", at) from None
 
 
 def _object(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def test_server_vad_session_streams_deltas_then_completed_turns(client):
         assert error.error.event_id == "evt_bad"
         conn.send({"type": "session.update", "session": {"type": "transcription", "audio": {
             "input": {"transcription": {"language": "xx"}}}}})
-        assert conn.recv().error.param == "session.transcription.language"
+        assert conn.recv().error.param == "session.audio.input.transcription.language"
         conn.send({"type": "input_audio_buffer.commit"})
         assert conn.recv().error.code == "input_audio_buffer_commit_empty"
 

@@ -186,9 +186,9 @@ def test_an_update_changes_only_what_it_names():
                                                               "rate": 96000}}}},
      "session.audio.input.format.rate"),
     ({"type": "transcription", "audio": {"input": {"transcription": {"language": "xx"}}}},
-     "session.transcription.language"),
+     "session.audio.input.transcription.language"),
     ({"type": "transcription", "audio": {"input": {"turn_detection": {"threshold": 2}}}},
-     "session.threshold"),
+     "session.audio.input.turn_detection.threshold"),
     ({"type": "transcription", "audio": "loud"}, "session.audio"),
 ])
 def test_bad_updates_name_the_parameter(session, param):

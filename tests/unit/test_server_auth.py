@@ -293,7 +293,8 @@ def test_redaction_is_installed_on_uvicorns_loggers(tmp_path):
     for name in ("uvicorn.access", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
-        old_level, logger.level = logger.level, logging.DEBUG
+        old_level = logger.level
+        logger.setLevel(logging.DEBUG)  # not `.level =`: that keeps isEnabledFor's cache
         try:
             if name == "uvicorn.access":
                 logger.handle(_access_record("/v1/stream/ticket?api_key=s3cret"))
@@ -306,7 +307,7 @@ def test_redaction_is_installed_on_uvicorns_loggers(tmp_path):
                 logger.debug("< %s: %s", "X-API-Key", "s3cret")
         finally:
             logger.removeHandler(handler)
-            logger.level = old_level
+            logger.setLevel(old_level)
     assert len(seen) == 5, seen
     assert not [line for line in seen if "s3cret" in line], seen
     assert "/v1/stream?ticket=***" in seen[1] and "Bearer ***" in seen[2]

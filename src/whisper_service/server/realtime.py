@@ -35,7 +35,7 @@ from ..realtime_protocol import (
 )
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession, StreamOptions
-from .errors import error_response
+from .handshake import admit, refused_while_draining
 from .service import Service, get_service
 
 router = APIRouter()
@@ -89,25 +89,15 @@ class RealtimeHandler:
         self._g711: av.CodecContext | None = None
 
     async def run(self) -> None:
-        intent = self.ws.query_params.get("intent", "transcription")
-        if self.service.sessions.draining and "websocket.http.response" in \
-                self.ws.scope.get("extensions", {}):
-            self.service.metrics.rejected.labels("draining").inc()
-            await self.ws.send_denial_response(error_response(
-                503, "shutting_down", "server shutting down; connect again", {"Retry-After": "1"}))
+        if await refused_while_draining(self.ws, self.service):
             return
         await self.ws.accept(subprotocol=_realtime_subprotocol(self.ws.headers))
         try:
-            if not self.service.api_key.allows_websocket(self.ws.headers, self.ws.query_params):
-                self.service.metrics.rejected.labels("unauthorized").inc()
-                raise ProtocolError("unauthorized", "missing or invalid API key")
+            admit(self.ws, self.service)
+            intent = self.ws.query_params.get("intent", "transcription")
             if intent != "transcription":
                 raise ProtocolError("unsupported_intent", f"intent {intent!r} is not served "
                                     "here; only transcription sessions (intent=transcription)")
-            if "ticket" not in self.ws.query_params and (wait := self.service.rate_limit.wait(
-                    self.ws)):
-                self.service.metrics.rejected.labels("rate_limited").inc()
-                raise ProtocolError("rate_limited", self.service.rate_limit.explain(wait), 1013)
             with self.service.sessions.open() as (session_id, finish):
                 self.session_id = f"sess_{session_id}"
                 try:

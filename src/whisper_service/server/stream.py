@@ -31,7 +31,8 @@ from ..models import ModelInUseError
 from ..protocol import StreamConfig, parse_config, parse_json
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession
-from .errors import ProtocolError, error_response
+from .errors import ProtocolError
+from .handshake import admit, refused_while_draining
 from .service import Service, get_service
 
 router = APIRouter()
@@ -98,15 +99,12 @@ class StreamHandler:
         self.opus: OpusStream | None = None  # the decoder of `webm_opus` and `ogg_opus`
 
     async def run(self) -> None:
-        if self.service.sessions.draining and await self._refuse_draining():
+        if await refused_while_draining(self.ws, self.service):
+            self.state = State.CLOSED
             return
-        api_key = self.service.api_key
-        await self.ws.accept(subprotocol=api_key.subprotocol(self.ws.headers))
+        await self.ws.accept(subprotocol=self.service.api_key.subprotocol(self.ws.headers))
         try:
-            if not api_key.allows_websocket(self.ws.headers, self.ws.query_params):
-                self.service.metrics.rejected.labels("unauthorized").inc()
-                raise ProtocolError("unauthorized", "missing or invalid API key or ticket")
-            self._rate_limit()
+            admit(self.ws, self.service)
             with self.service.sessions.open() as (session_id, finish):
                 self.session_id = session_id
                 try:
@@ -120,30 +118,6 @@ class StreamHandler:
         except WebSocketDisconnect:
             pass  # the client vanished; everything it had is freed above
         self.state = State.CLOSED
-
-    async def _refuse_draining(self) -> bool:
-        """While draining, refuse the handshake with HTTP 503 (where the server supports
-        denial responses, as uvicorn does): a load balancer then retries the next replica
-        (nginx: `proxy_next_upstream http_503`), and the client never sees this one. Without
-        the extension, the socket is accepted and closed with `shutting_down` (1001)."""
-        if "websocket.http.response" not in self.ws.scope.get("extensions", {}):
-            return False
-        self.service.metrics.rejected.labels("draining").inc()
-        await self.ws.send_denial_response(error_response(
-            503, "shutting_down", "server shutting down; connect again", {"Retry-After": "1"}))
-        self.state = State.CLOSED
-        return True
-
-    def _rate_limit(self) -> None:
-        """A stream open spends the client's token, unless it came with a ticket: issuing
-        the ticket spent it (`POST /v1/stream/ticket` is rate-limited like uploads)."""
-        if "ticket" in self.ws.query_params:
-            return
-        limiter = self.service.rate_limit
-        wait = limiter.wait(self.ws)
-        if wait:
-            self.service.metrics.rejected.labels("rate_limited").inc()
-            raise ProtocolError("rate_limited", limiter.explain(wait), 1013)
 
     # -- awaiting config --------------------------------------------------------------------
 

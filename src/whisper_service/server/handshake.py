@@ -1,0 +1,38 @@
+"""What both WebSocket protocols (`/v1/stream`, `/v1/realtime`) do before their first message:
+refuse while draining, then, once accepted, check the key and the rate limit."""
+
+from __future__ import annotations
+
+from fastapi import WebSocket
+
+from .errors import ProtocolError, error_response
+from .service import Service
+
+
+async def refused_while_draining(ws: WebSocket, service: Service) -> bool:
+    """While draining, refuse the handshake with HTTP 503 (where the server supports denial
+    responses, as uvicorn does): a load balancer then retries the next replica (nginx:
+    `proxy_next_upstream http_503`), and the client never sees this one. Without the
+    extension, the socket is accepted and `Sessions.open` closes it with `shutting_down`."""
+    if not service.sessions.draining or \
+            "websocket.http.response" not in ws.scope.get("extensions", {}):
+        return False
+    service.metrics.rejected.labels("draining").inc()
+    await ws.send_denial_response(error_response(
+        503, "shutting_down", "server shutting down; connect again", {"Retry-After": "1"}))
+    return True
+
+
+def admit(ws: WebSocket, service: Service) -> None:
+    """The key (header, subprotocol, `?ticket=`), then the rate limit: an open spends the
+    client's token, unless it came with a ticket, whose issue spent it (`POST
+    /v1/stream/ticket` is rate-limited like uploads). Raises ProtocolError."""
+    if not service.api_key.allows_websocket(ws.headers, ws.query_params):
+        service.metrics.rejected.labels("unauthorized").inc()
+        raise ProtocolError("unauthorized", "missing or invalid API key or ticket")
+    if "ticket" in ws.query_params:
+        return
+    wait = service.rate_limit.wait(ws)
+    if wait:
+        service.metrics.rejected.labels("rate_limited").inc()
+        raise ProtocolError("rate_limited", service.rate_limit.explain(wait), 1013)
