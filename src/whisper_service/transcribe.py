@@ -231,6 +231,22 @@ class Decoder:
         return Transcript(info.language, info.language_probability, duration, tuple(out))
 
 
+def warm_up(loaded: LoadedModel, workers: int) -> None:
+    """A full batch per decode worker at once, so that every worker has started and holds
+    the working memory of the largest batch of common (10 s) windows before the first client
+    arrives, rather than during someone's stream (a batch of 8 windows needs about 40 MB more
+    than one, on tiny.en). The scheduler runs the first batch while the next fills, so each
+    worker gets one. Beam 5, as file decodes use: the largest search a window gets."""
+    options = TranscribeOptions(beam_size=5, word_timestamps=True, vad_filter=False,
+                                temperature=0.0)
+    request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
+    decoder = Decoder(loaded)
+    per_worker = loaded.scheduler.max_batch if loaded.scheduler else 1
+    futures = [decoder.submit(request) for _ in range(workers * per_worker)]
+    for future in futures:
+        future.result()
+
+
 def prompt_tokens(loaded: LoadedModel, prompt: str | tuple[int, ...] | None) -> tuple[int, ...]:
     """A prompt's tokens as faster-whisper makes them (a token tuple is used as given)."""
     if isinstance(prompt, tuple):

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..audio import SAMPLE_RATE
 from ..config import Settings, get_settings
-from ..models import LoadedModel, ModelManager
+from ..models import ModelManager
 from ..registry import ModelNotFoundError
-from ..transcribe import Decoder, DecodeRequest, TranscribeOptions
+from ..transcribe import warm_up
 from ..vad import get_vad_model
 from . import health, openai, realtime, stream, tickets
 from .admission import RateLimitMiddleware
@@ -68,22 +65,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     default = await run_in_threadpool(manager.acquire, service.settings.default_model)
     try:
         await run_in_threadpool(get_vad_model)
-        await _warm_up(default, manager.num_workers)
+        await run_in_threadpool(warm_up, default, manager.num_workers)
         yield
     finally:
         await service.sessions.drain()
         manager.release(default)
-
-
-async def _warm_up(loaded: LoadedModel, workers: int) -> None:
-    """A full batch per worker at once, so every worker has started and holds the working
-    memory of the largest batch of common (10 s) windows before the first client arrives,
-    rather than during someone's stream. The scheduler runs the first batch while the next
-    fills, so each worker gets one."""
-    options = TranscribeOptions(beam_size=5, word_timestamps=True, vad_filter=False,
-                                temperature=0.0)  # beam 5, as file decodes use
-    request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
-    decoder = Decoder(loaded)
-    per_worker = loaded.scheduler.max_batch if loaded.scheduler else 1
-    await asyncio.gather(*(run_in_threadpool(decoder.decode, request)
-                           for _ in range(workers * per_worker)))
