@@ -119,7 +119,10 @@ class BatchScheduler(Generic[R, T]):
             batch = [job for job in self._pending if job.key == key][:self.max_batch]
             taken = set(map(id, batch))
             self._pending = deque(job for job in self._pending if id(job) not in taken)
-            return batch
+            # A job whose future was cancelled while it waited is dropped; the others can no
+            # longer be cancelled (set_result on a cancelled future would raise, and the rest
+            # of the batch would never hear of its results).
+            return [job for job in batch if job.future.set_running_or_notify_cancel()]
 
     def _compatible(self) -> int:
         key = self._pending[0].key

@@ -241,8 +241,10 @@ def test_two_replicas_behind_nginx_survive_one_draining() -> None:
         done = c.messages[-1]
         assert done["reason"] == "server shutting down" and c.close_code == 1001, done
         # The handler notices the signal after its decode in progress; audio sent meanwhile
-        # is heard too. Less than the third sentence (3.6 s more) in any case.
-        assert cut_at <= done["audio_seconds"] < cut_at + 3.0, done
+        # is heard too: up to 3.6 s more on a loaded CI machine (two replicas, nginx and
+        # eight clients on two cores). A drain that did not stop the stream would hear the
+        # whole passage, 15 s more.
+        assert cut_at <= done["audio_seconds"] < cut_at + 6.0, done
         # Everything sent before the signal came back final (and maybe a word or two after).
         heard = " ".join(c.finals.split()[:len(two_sentences.split())])
         assert_wer("replicas: drained client", two_sentences, heard, 0.2)

@@ -58,6 +58,20 @@ def test_compatible_requests_share_a_batch_oldest_first_up_to_the_cap():
     s.close()
 
 
+def test_a_request_cancelled_while_queued_is_dropped_and_its_batch_still_answered():
+    runner = Runner()
+    s = scheduler(runner, max_batch=3)
+    first = blocked(runner, s)
+    futures = [s.submit(("a", n)) for n in (1, 2, 3)]
+    assert futures[1].cancel()  # e.g. a waiter that gave up on it
+    runner.gate.set()
+    wait([first, futures[0], futures[2]], timeout=10)
+    assert [futures[0].result(timeout=5), futures[2].result(timeout=5)] == ["a:1", "a:3"]
+    assert runner.batches[1] == [("a", 1), ("a", 3)]
+    assert not first.cancel() and not futures[0].cancel()  # running or done: not cancellable
+    s.close()
+
+
 def test_one_request_alone_runs_without_waiting_for_a_batch():
     runner = Runner()
     s = scheduler(runner, max_wait_s=5.0)  # a wait would be plain to see

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,7 @@ class RealtimeHandler:
         self.uncommitted_s = 0.0  # audio since the last turn ended
         self._resampler = Resampler(self.config.rate)
         self._g711: av.CodecContext | None = None
+        self._decode_wait: tuple[Future, asyncio.Future] | None = None
 
     async def run(self) -> None:
         if await refused_while_draining(self.ws, self.service):
@@ -147,15 +149,14 @@ class RealtimeHandler:
         while True:
             getter = asyncio.create_task(queue.get())
             waiting = {getter, finisher, reader}
-            running = self.session.pending_utterance if self.session else None
-            if running is not None:
-                waiting.add(asyncio.wrap_future(running))
+            decode = self._utterance_decode()
+            if decode is not None:
+                waiting.add(decode)
             try:
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in waiting - {finisher, reader}:
-                    if not task.done():
-                        task.cancel()
+                if not getter.done():
+                    getter.cancel()
             if finisher in done:
                 return None
             if getter in done:
@@ -167,6 +168,16 @@ class RealtimeHandler:
                 reader.result()  # the reader's disconnect or fatal error
             if self.session is not None and self.session.utterances_due:
                 await self._forward(await run_in_threadpool(self.session.decode_utterances))
+
+    def _utterance_decode(self) -> asyncio.Future | None:
+        """The running utterance decode, to wait on. One wrapper per decode, never cancelled:
+        cancelling it would cancel the decode itself, a job in another session's batch."""
+        running = self.session.pending_utterance if self.session else None
+        if running is None:
+            self._decode_wait = None
+        elif self._decode_wait is None or self._decode_wait[0] is not running:
+            self._decode_wait = (running, asyncio.wrap_future(running))
+        return self._decode_wait[1] if self._decode_wait else None
 
     async def _handle(self, items: list[Item]) -> None:
         """In order; runs of appended audio are pushed as one chunk, as `/v1/stream` does."""
