@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import resource
@@ -59,24 +60,26 @@ def write_wav(path: Path, audio: np.ndarray | None = None, rate: int = 16000) ->
     return path
 
 
+class Pipe(io.RawIOBase):
+    """An unseekable sink, as a pipe is: a muxer writing to it cannot go back to state the
+    file's length in its header (FLAC, WebM), so a decoder finds it out only by decoding."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk) -> int:
+        self.data += bytes(chunk)
+        return len(chunk)
+
+
 def silent_flac(seconds: int, declared: bool = True, rate: int = 8000) -> bytes:
     """Digital silence as FLAC: an hour is ~0.4 MB on disk and ~230 MB as float32 at 16 kHz
     (a decompression bomb). With `declared=False` it is written as to a pipe, so the file
     cannot state its length and a decoder finds it out only by decoding."""
-    import io
-
     import av
-
-    class Pipe(io.RawIOBase):  # unseekable: the FLAC header's length stays unset
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, chunk) -> int:
-            self.data += bytes(chunk)
-            return len(chunk)
 
     sink = io.BytesIO() if declared else Pipe()
     block = np.zeros((1, rate * 60), np.int16)

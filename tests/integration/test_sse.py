@@ -3,7 +3,6 @@ in-process under uvicorn, on the run's shared ModelManager (no model loads again
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 import time
@@ -16,7 +15,7 @@ import openai
 import pytest
 import uvicorn
 
-from tests.conftest import DATA, assert_wer, duration, read_wav, reference
+from tests.conftest import DATA, Pipe, assert_wer, duration, read_wav, reference
 from whisper_service.config import Settings
 from whisper_service.server import create_app
 from whisper_service.text import normalize
@@ -117,18 +116,6 @@ def undeclared_webm(audio: np.ndarray) -> bytes:
     the file states no length, so the server finds it out only by decoding, after the
     stream has started. (FLAC, Ogg and Matroska PCM would still give it away: libav reads
     their end or their bitrate.)"""
-
-    class Pipe(io.RawIOBase):
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, chunk) -> int:
-            self.data += bytes(chunk)
-            return len(chunk)
-
     sink = Pipe()
     with av.open(sink, "w", format="webm") as out:
         stream = out.add_stream("libopus", rate=48000, layout="mono")
