@@ -129,6 +129,7 @@ def test_server_vad_session_streams_deltas_then_completed_turns(client):
         assert "quick" in words and "fox" in words, events[-1].transcript
 
 
+@pytest.mark.once  # the dialect and G.711 are arithmetic-free; the GA test reruns the engine
 def test_beta_dialect_with_telephone_audio(live_server):
     """`client.beta.realtime` (OpenAI-Beta: realtime=v1) and G.711 mu-law at 8 kHz. The beta
     client always dials wss:// unless given `websocket_base_url`."""
