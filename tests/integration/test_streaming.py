@@ -150,21 +150,20 @@ def test_context_improves_consistency_across_segments(model_manager, tiny_en):
 
 
 def test_context_trimming_during_real_inference_session(model_manager, tiny_en):
-    """A minute of continuous speech never takes the context past its limit; the static
-    prompt survives, and the words are still right."""
+    """A minute of continuous speech never takes the context past its limit or the buffer
+    past its cap, and the words are still right. (No static prompt: it would force 30 s
+    windows, three times the compute; tests/unit/test_context.py keeps it through trims,
+    resets and revisions.)"""
     audio = read_wav(DATA / "en_long.wav")  # 66 s of continuous reading
-    static = "Whisper Service glossary: LocalAgreement, Silero."
     session = StreamingSession.open(model_manager, "tiny.en",
-                                    StreamOptions.from_settings(
-                                        static_prompt=static, max_context_tokens=60))
+                                    StreamOptions.from_settings(max_context_tokens=60))
     seen, events = [], []
     with session:
         for _, event in replay(session, audio, "fast", chunk_s=2.0):  # one decode per push
             events.append(event)
             seen.append(session.context.token_count())
             assert session.buffered_seconds <= 15 + 2.0
-        assert session.context.prompt().startswith(static)
-    assert max(seen) <= 60
+    assert 48 <= max(seen) <= 60, "the context must have filled up to its limit, not past it"
     assert session.stats["finals"] > 20
     assert_finals_in_order(events, at_least=20)
     assert_wer("stream tiny.en en_long", reference("en_long"), text_of(events), 0.15)
