@@ -179,6 +179,29 @@ def clients_round(model: str) -> list[dict]:
     return rows
 
 
+def clients_table(models: list[str]) -> None:
+    """Per extra client: each round's RSS against the one-client round's, and the least-squares
+    slope over all rounds (which one noisy round moves less)."""
+    print("| model | clients | server RSS idle MB | median MB | peak MB | after MB "
+          "| per extra client (median) MB | per extra client (peak) MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    slopes = []
+    for model in models:
+        rows = clients_round(model)
+        first = rows[0]
+        for row in rows:
+            extra = row["n"] - 1
+            per_median = (row["median"] - first["median"]) / extra if extra else 0.0
+            per_peak = (row["peak"] - first["peak"]) / extra if extra else 0.0
+            print(f"| {model} | {row['n']} | {row['idle']:.0f} | {row['median']:.0f} | "
+                  f"{row['peak']:.0f} | {row['after']:.0f} | {per_median:.1f} | "
+                  f"{per_peak:.1f} |", flush=True)
+        slopes.append(f"{model} {slope([(r['n'], r['median']) for r in rows]):.1f} MB "
+                      f"(median), {slope([(r['n'], r['peak']) for r in rows]):.1f} MB (peak)")
+    print(f"\nper extra client, least squares over 1-{max(CLIENT_COUNTS)} clients: "
+          + "; ".join(slopes))
+
+
 def suite_peak() -> str:
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/unit",
                           "tests/integration", "-p", "no:cacheprovider"], cwd=ROOT,
@@ -199,10 +222,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="the long session")
     parser.add_argument("--no-clients", action="store_true", help="skip the server rounds")
     parser.add_argument("--suite", action="store_true", help="also run the test suite")
+    parser.add_argument("--only-clients", action="store_true",
+                        help="only the server rounds (per extra real-time client)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
 
     print(f"memory: {os.cpu_count()} cores\n")
+    if args.only_clients:
+        clients_table(args.models)
+        return
     print("| model | model in memory MB | per in-process session MB (1-50) | naive: per "
           "session with its own model MB | naive / shared |")
     print("|---|---|---|---|---|")
@@ -214,19 +242,8 @@ def main() -> None:
               f"{naive / max(shared, 0.01):.0f}x |", flush=True)
 
     if not args.no_clients:
-        print("\n| model | clients | server RSS idle MB | median MB | peak MB | after MB "
-              "| per extra client (median) MB | per extra client (peak) MB |")
-        print("|---|---|---|---|---|---|---|---|")
-        for model in args.models:
-            rows = clients_round(model)
-            first = rows[0]
-            for row in rows:
-                extra = row["n"] - 1
-                per_median = (row["median"] - first["median"]) / extra if extra else 0.0
-                per_peak = (row["peak"] - first["peak"]) / extra if extra else 0.0
-                print(f"| {model} | {row['n']} | {row['idle']:.0f} | {row['median']:.0f} | "
-                      f"{row['peak']:.0f} | {row['after']:.0f} | {per_median:.1f} | "
-                      f"{per_peak:.1f} |", flush=True)
+        print()
+        clients_table(args.models)
 
     model = args.models[0]
     long = run_child("long", model, str(args.minutes))

@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_service.memory import limit_arenas  # noqa: E402
+from whisper_service.memory import tune_heap  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
-# The heap as `serve` sets it up (two glibc arenas), before any thread exists: the memory
-# tests then measure what the server would hold. With glibc's default (up to 16 arenas on
-# two cores), the 500-session test once read +46 MB in the full suite, and +0 on its own.
-limit_arenas()
+# The heap as `serve` sets it up (two glibc arenas, fixed thresholds), before any thread
+# exists: the memory tests then measure what the server would hold. With glibc's default (up
+# to 16 arenas on two cores), the 500-session test once read +46 MB in the full suite, and +0
+# on its own.
+tune_heap()
 
 # A private model cache for this run, shared with CLI subprocesses through the environment,
 # and removed at the end so the suite leaves nothing behind.
@@ -73,6 +74,25 @@ class Pipe(io.RawIOBase):
     def write(self, chunk) -> int:
         self.data += bytes(chunk)
         return len(chunk)
+
+
+def encode_audio(samples: np.ndarray, container: str, codec: str, rate: int = 16000,
+                 sink: io.RawIOBase | None = None) -> bytes:
+    """16 kHz float samples encoded with PyAV (as ffmpeg would), resampled to the codec's
+    `rate` and sample format; written to `sink` (a Pipe, say) or to memory."""
+    import av
+
+    sink = sink if sink is not None else io.BytesIO()
+    with av.open(sink, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        resampler = av.AudioResampler(format=stream.codec_context.codec.audio_formats[0].name,
+                                      layout="mono", rate=rate)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
+            out.mux(stream.encode(resampled))
+        out.mux(stream.encode(None))
+    return bytes(sink.data) if isinstance(sink, Pipe) else sink.getvalue()
 
 
 def silent_flac(seconds: int, declared: bool = True, rate: int = 8000) -> bytes:

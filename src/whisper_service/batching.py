@@ -10,7 +10,8 @@ every compatible request that waits behind it, up to `max_batch`, and runs them 
 - No wait for one request alone: a lone client's latency stays what it was without batching.
   With several pending, the dispatcher waits at most `max_wait_s` for the batch to fill.
 - Nothing here knows about models or devices: `run` decodes a batch, `key` says which
-  requests may share one (the same padded length, for instance).
+  requests may share one (the same padded length, for instance), and `limit` how many may
+  share the batch a request heads (fewer long windows than short ones, for instance).
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ class BatchScheduler(Generic[R, T]):
 
     def __init__(self, run: Callable[[Sequence[R]], Sequence[T]], key: Callable[[R], Hashable],
                  slots: threading.Semaphore, workers: int, max_batch: int = 8,
-                 max_wait_s: float = 0.02, name: str = "batch") -> None:
+                 max_wait_s: float = 0.02, name: str = "batch",
+                 limit: Callable[[R], int] | None = None) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
         self._run, self._key, self._slots = run, key, slots
+        self._limit = limit or (lambda request: max_batch)
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size (for /metrics)
         self.wait_s_total = 0.0  # time requests spent queued, summed
         self._pending: deque[_Job[R, T]] = deque()
@@ -106,9 +109,9 @@ class BatchScheduler(Generic[R, T]):
     def _take(self) -> list[_Job[R, T]]:
         """The oldest job and the compatible ones behind it; waits only if others pend."""
         with self._cond:
-            if len(self._pending) > 1 and self.max_batch > 1:
+            if len(self._pending) > 1 and self._size() > 1:
                 deadline = time.monotonic() + self.max_wait_s
-                while not self._closed and self._compatible() < self.max_batch:
+                while not self._closed and self._compatible() < self._size():
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -116,13 +119,17 @@ class BatchScheduler(Generic[R, T]):
             if not self._pending:
                 return []
             key = self._pending[0].key
-            batch = [job for job in self._pending if job.key == key][:self.max_batch]
+            batch = [job for job in self._pending if job.key == key][:self._size()]
             taken = set(map(id, batch))
             self._pending = deque(job for job in self._pending if id(job) not in taken)
             # A job whose future was cancelled while it waited is dropped; the others can no
             # longer be cancelled (set_result on a cancelled future would raise, and the rest
             # of the batch would never hear of its results).
             return [job for job in batch if job.future.set_running_or_notify_cancel()]
+
+    def _size(self) -> int:
+        """How many jobs the batch headed by the oldest may hold."""
+        return max(1, min(self.max_batch, self._limit(self._pending[0].request)))
 
     def _compatible(self) -> int:
         key = self._pending[0].key

@@ -325,11 +325,11 @@ def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: f
 @click.option("--log-level", default="info", show_default=True)
 def serve(host: str, port: int, model: str, max_sessions: int, log_level: str) -> None:
     """Start the HTTP and WebSocket server with the live transcription page."""
-    from .memory import limit_arenas
+    from .memory import tune_heap
     from .registry import ModelNotFoundError, resolve
     from .server import run
 
-    limit_arenas()  # before any thread exists (a hub download starts some)
+    tune_heap()  # before any thread exists (a hub download starts some)
     try:
         settings = get_settings().override(host=host, port=port, default_model=model,
                                            max_sessions=max_sessions)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import ctypes
 import os
 
-_M_ARENA_MAX = -8  # from glibc's malloc.h
+# mallopt parameters, from glibc's malloc.h
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+MMAP_THRESHOLD = 32 * 2**20  # glibc's largest: only blocks past this are mapped on their own
+TRIM_THRESHOLD = 256 * 2**20
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -22,14 +28,30 @@ def trim() -> None:
         libc.malloc_trim(0)
 
 
-def limit_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas for a server process.
+def tune_heap(arenas: int = 2) -> None:
+    """Set glibc's heap up for a server process, before its threads start.
 
-    glibc gives each new thread that meets contention an arena of its own (up to 8 per core)
-    and keeps the freed memory in it. Sessions run on a pool of worker threads, so each extra
-    client grew RSS by 11-15 MB; with two arenas, by about 3-4 MB (bench/server.py). An
-    explicit MALLOC_ARENA_MAX in the environment wins.
+    - Two arenas. glibc gives each new thread that meets contention an arena of its own (up
+      to 8 per core) and keeps the freed memory in it. Sessions run on a pool of worker
+      threads, so each extra client grew RSS by 11-15 MB; with two arenas, by about 3-4 MB
+      (bench/server.py).
+    - Fixed thresholds: the working memory a decode frees stays in the heap for the next one.
+      By default glibc maps large blocks on their own and gives back freed memory at the top
+      of the heap, with thresholds that move as blocks come and go. Warm-up's working memory
+      (start-up pays a full batch per worker) was then partly returned and paid again by
+      whichever client came next: the server's idle RSS varied from 268 to 362 MB between
+      runs, and a client seemed to cost -14 to +7 MB. Fixed, the first client and the
+      sixteenth cost about the same few MB, at the same decode speed
+      (bench/memory.py --only-clients). Memory freed past TRIM_THRESHOLD still goes back.
+
+    An explicit MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ in the
+    environment wins.
     """
     libc = _libc()
-    if libc is not None and "MALLOC_ARENA_MAX" not in os.environ and hasattr(libc, "mallopt"):
-        libc.mallopt(_M_ARENA_MAX, arenas)
+    if libc is None or not hasattr(libc, "mallopt"):
+        return
+    for variable, param, value in (("MALLOC_ARENA_MAX", _M_ARENA_MAX, arenas),
+                                   ("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                                   ("MALLOC_TRIM_THRESHOLD_", _M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        if variable not in os.environ:
+            libc.mallopt(param, value)

@@ -22,6 +22,7 @@ from . import memory, registry
 from .batching import BatchScheduler
 from .config import Settings, get_settings
 from .context import WHISPER_MAX_PROMPT_TOKENS, init_context
+from .features import BoundedFeatureExtractor
 from .transcribe import Transcript, Window, decode_windows
 
 if TYPE_CHECKING:
@@ -150,7 +151,9 @@ class ModelManager:
                 loaded.scheduler = BatchScheduler(
                     partial(decode_windows, loaded), key=lambda window: window.key,
                     slots=loaded.slots, workers=self.num_workers, max_batch=self.max_batch,
-                    max_wait_s=self.batch_wait_s, name=f"decode-{name}")
+                    max_wait_s=self.batch_wait_s, name=f"decode-{name}",
+                    limit=partial(Window.batch_limit, max_batch=self.max_batch,
+                                  pad_s=self.window_pad_s))
             with self._lock:
                 self._loaded[key] = loaded
                 self._load_counts[key] = self._load_counts.get(key, 0) + 1
@@ -229,8 +232,10 @@ class ModelManager:
     def _load(self, path: Path) -> WhisperModel:
         from faster_whisper import WhisperModel
 
-        return WhisperModel(str(path), device=self.device, compute_type=self.compute_type,
-                            cpu_threads=self.cpu_threads, num_workers=self.num_workers)
+        model = WhisperModel(str(path), device=self.device, compute_type=self.compute_type,
+                             cpu_threads=self.cpu_threads, num_workers=self.num_workers)
+        model.feature_extractor = BoundedFeatureExtractor.like(model.feature_extractor)
+        return model
 
     def _make_room(self) -> None:
         """Under a cap, evict the least recently used model that nobody holds."""

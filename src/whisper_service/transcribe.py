@@ -235,8 +235,12 @@ def warm_up(loaded: LoadedModel, workers: int) -> None:
     """A full batch per decode worker at once, so that every worker has started and holds
     the working memory of the largest batch of common (10 s) windows before the first client
     arrives, rather than during someone's stream (a batch of 8 windows needs about 40 MB more
-    than one, on tiny.en). The scheduler runs the first batch while the next fills, so each
-    worker gets one. Beam 5, as file decodes use: the largest search a window gets."""
+    than one, on tiny.en; memory.tune_heap keeps it for the decodes that follow). The
+    scheduler runs the first batch while the next fills, so each worker gets one. Beam 5, as
+    file decodes use: the largest search a window gets.
+
+    Without a prompt: with a full one (208 tokens) base's idle server held 180 MB more, and
+    its first client cost the same 2 MB (bench/memory.py)."""
     options = TranscribeOptions(beam_size=5, word_timestamps=True, vad_filter=False,
                                 temperature=0.0)
     request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
@@ -274,6 +278,14 @@ class Window:
         temperatures = _temperatures(self.options)
         search = temperatures if len(temperatures) == 1 else id(self)  # fallback runs alone
         return self.features.shape[-1], len(self.previous), self.options.beam_size, search
+
+    def batch_limit(self, max_batch: int, pad_s: float) -> int:
+        """How many windows of this length share a batch: `max_batch` of the common length
+        (`pad_s`), fewer of longer ones. A batch's working memory grows with its audio (a
+        batch of eight 10 s windows needs about 40 MB more than one window, on tiny.en): a
+        batch of long windows then needs about what warm-up's batch took at start-up."""
+        common = round(pad_s * FRAMES_PER_SECOND)
+        return max(1, max_batch * common // max(self.features.shape[-1], common))
 
 
 def prepare_window(loaded: LoadedModel, request: DecodeRequest) -> Window:

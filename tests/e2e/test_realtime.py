@@ -129,6 +129,34 @@ def test_server_vad_session_streams_deltas_then_completed_turns(client):
         assert "quick" in words and "fox" in words, events[-1].transcript
 
 
+@pytest.mark.once
+def test_a_session_that_cannot_open_is_refused_once_until_an_update(client):
+    """German on an English-only model: valid as a config, refused when the session opens at
+    the first audio. The client hears it once, not once per append, and the audio is dropped
+    until a `session.update` makes the config workable."""
+    silence = _pcm16(np.zeros(24000))
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        assert conn.recv().type == "session.created"
+        conn.send({"type": "session.update", "session": {"type": "transcription", "audio": {
+            "input": {"transcription": {"model": "tiny.en", "language": "de"}}}}})
+        assert conn.recv().type == "session.updated"
+        _append(conn, silence, 48000, pace=0.1)  # ten appends
+        conn.send({"type": "input_audio_buffer.commit", "event_id": "evt_marker"})
+        refused = conn.recv()
+        assert refused.type == "error" and refused.error.code == "invalid_value", refused
+        assert "English-only" in refused.error.message
+        after = conn.recv()  # the next error is the commit's: nothing was heard
+        assert after.error.code == "input_audio_buffer_commit_empty", after
+        assert after.error.event_id == "evt_marker"
+        conn.send({"type": "session.update", "session": {"type": "transcription", "audio": {
+            "input": {"transcription": {"language": "en"}, "turn_detection": None}}}})
+        assert conn.recv().type == "session.updated"
+        _append(conn, silence, 48000, pace=0.1)
+        conn.send({"type": "input_audio_buffer.commit"})
+        assert _until(conn, "input_audio_buffer.committed")[-1].type == \
+            "input_audio_buffer.committed"
+
+
 @pytest.mark.once  # the dialect and G.711 are arithmetic-free; the GA test reruns the engine
 def test_beta_dialect_with_telephone_audio(live_server):
     """`client.beta.realtime` (OpenAI-Beta: realtime=v1) and G.711 mu-law at 8 kHz. The beta

@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import io
 import json
 import math
 import shutil
@@ -36,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import av
 import numpy as np
 import pytest
 import srt
@@ -44,7 +42,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from tests.conftest import DATA, assert_wer, read_wav, reference
+from tests.conftest import DATA, assert_wer, encode_audio, read_wav, reference
 from whisper_service.audio import AudioError, decode_file
 from whisper_service.config import Settings
 from whisper_service.registry import LANGUAGES
@@ -635,17 +633,7 @@ VALIDATION = "request validation"  # refused by the route's types: 400 invalid_r
 def encoded(fmt: str) -> bytes:
     """The snippet in one of the formats, made with PyAV (as ffmpeg would)."""
     container, codec = CONTAINERS[fmt]
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=container) as out:
-        stream = out.add_stream(codec, rate=16000, layout="mono")
-        resampler = av.AudioResampler(format=stream.codec_context.codec.audio_formats[0].name,
-                                      layout="mono", rate=16000)
-        frame = av.AudioFrame.from_ndarray(SNIPPET.reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate = 16000
-        for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
-            out.mux(stream.encode(resampled))
-        out.mux(stream.encode(None))
-    return buf.getvalue()
+    return encode_audio(SNIPPET, container, codec)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
-import av
 import numpy as np
 import openai
 import pytest
 import uvicorn
 
-from tests.conftest import DATA, Pipe, assert_wer, duration, read_wav, reference
+from tests.conftest import DATA, Pipe, assert_wer, duration, encode_audio, read_wav, reference
 from whisper_service.config import Settings
 from whisper_service.server import create_app
 from whisper_service.text import normalize
@@ -116,17 +115,7 @@ def undeclared_webm(audio: np.ndarray) -> bytes:
     the file states no length, so the server finds it out only by decoding, after the
     stream has started. (FLAC, Ogg and Matroska PCM would still give it away: libav reads
     their end or their bitrate.)"""
-    sink = Pipe()
-    with av.open(sink, "w", format="webm") as out:
-        stream = out.add_stream("libopus", rate=48000, layout="mono")
-        resampler = av.AudioResampler(format=stream.codec_context.codec.audio_formats[0].name,
-                                      layout="mono", rate=48000)
-        frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate = 16000
-        for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
-            out.mux(stream.encode(resampled))
-        out.mux(stream.encode(None))
-    return bytes(sink.data)
+    return encode_audio(audio, "webm", "libopus", rate=48000, sink=Pipe())
 
 
 @pytest.mark.once

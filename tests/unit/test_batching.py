@@ -6,6 +6,7 @@ import threading
 import time
 from concurrent.futures import wait
 
+import numpy as np
 import pytest
 
 from whisper_service.batching import BatchScheduler, SchedulerClosed
@@ -56,6 +57,30 @@ def test_compatible_requests_share_a_batch_oldest_first_up_to_the_cap():
     assert s.batch_sizes == {1: 3, 3: 1}
     assert s.depth == 0
     s.close()
+
+
+def test_the_request_heading_a_batch_sets_how_many_may_share_it():
+    """Long windows need more working memory per window: fewer of them share a batch."""
+    runner = Runner()
+    s = BatchScheduler(runner, key=lambda r: r[0], slots=threading.Semaphore(1), workers=1,
+                       max_batch=4, limit=lambda r: 2 if r[0] == "long" else 99)
+    first = blocked(runner, s)
+    futures = [s.submit(r) for r in [("long", i) for i in range(5)] + [("a", 1), ("a", 2)]]
+    runner.gate.set()
+    wait([first, *futures], timeout=10)
+    assert runner.batches == [[("a", 0)], [("long", 0), ("long", 1)], [("long", 2), ("long", 3)],
+                              [("long", 4)], [("a", 1), ("a", 2)]]
+    s.close()
+
+
+def test_windows_longer_than_the_common_length_share_smaller_batches():
+    from whisper_service.transcribe import Window
+
+    def window(seconds: int) -> Window:
+        return Window(np.zeros((80, seconds * 100), np.float32), 100, 1.0, (), None)
+
+    assert [window(s).batch_limit(8, 10.0) for s in (5, 10, 20, 30)] == [8, 8, 4, 2]
+    assert window(30).batch_limit(1, 10.0) == 1
 
 
 def test_a_request_cancelled_while_queued_is_dropped_and_its_batch_still_answered():

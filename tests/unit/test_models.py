@@ -6,10 +6,12 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from faster_whisper.feature_extractor import FeatureExtractor
 
 from tests.conftest import held
 from whisper_service import models, registry
 from whisper_service.config import Settings
+from whisper_service.features import BoundedFeatureExtractor
 from whisper_service.models import ModelInUseError, ModelManager
 
 
@@ -117,6 +119,7 @@ def test_device_and_compute_type_pass_through(monkeypatch, tmp_path):
     class Recorder:
         def __init__(self, path, **kwargs):
             seen.update(kwargs, path=path)
+            self.feature_extractor = FeatureExtractor(feature_size=128)
 
     monkeypatch.setattr(registry, "resolve", lambda name, cache: tmp_path)
     monkeypatch.setitem(__import__("sys").modules, "faster_whisper",
@@ -127,6 +130,9 @@ def test_device_and_compute_type_pass_through(monkeypatch, tmp_path):
     assert seen == {"path": str(tmp_path), "device": "cuda", "compute_type": "float16",
                     "cpu_threads": 3, "num_workers": 4}
     assert models.ModelKey("base", "cuda", "float16") in manager.pipelines
+    # Features in bounded memory, with the model's own mel count (large-v3 has 128).
+    extractor = manager.get("base").model.feature_extractor
+    assert type(extractor) is BoundedFeatureExtractor and extractor.mel_filters.shape[0] == 128
 
 
 CORES = len(os.sched_getaffinity(0))

@@ -1,9 +1,13 @@
-"""What both WebSocket protocols (`/v1/stream`, `/v1/realtime`) do before their first message:
-refuse while draining, then, once accepted, check the key and the rate limit."""
+"""What both WebSocket protocols (`/v1/stream`, `/v1/realtime`) do before their first message
+(refuse while draining, then, once accepted, check the key and the rate limit), and how both
+end a socket on an error."""
 
 from __future__ import annotations
 
-from fastapi import WebSocket
+from collections.abc import Awaitable, Callable
+
+from fastapi import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
 
 from .errors import ProtocolError, error_response
 from .service import Service
@@ -36,3 +40,15 @@ def admit(ws: WebSocket, service: Service) -> None:
     if wait:
         service.metrics.rejected.labels("rate_limited").inc()
         raise ProtocolError("rate_limited", service.rate_limit.explain(wait), 1013)
+
+
+async def close_with_error(ws: WebSocket, error: ProtocolError,
+                           send: Callable[[ProtocolError], Awaitable[None]]) -> None:
+    """Tell the client (`send`, in the protocol's own error shape), then close with the
+    error's code; a client that is already gone needs neither."""
+    if ws.client_state == WebSocketState.CONNECTED:
+        try:
+            await send(error)
+            await ws.close(error.close_code, error.message[:120])
+        except (WebSocketDisconnect, RuntimeError):
+            pass

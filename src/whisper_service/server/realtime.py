@@ -20,7 +20,7 @@ import av
 import numpy as np
 from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 
 from ..audio import SAMPLE_RATE, AudioError, Resampler, pcm_to_float
 from ..models import ModelInUseError
@@ -36,7 +36,7 @@ from ..realtime_protocol import (
 )
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession, StreamOptions
-from .handshake import admit, refused_while_draining
+from .handshake import admit, close_with_error, refused_while_draining
 from .service import Service, get_service
 
 router = APIRouter()
@@ -89,6 +89,7 @@ class RealtimeHandler:
         self._resampler = Resampler(self.config.rate)
         self._g711: av.CodecContext | None = None
         self._decode_wait: tuple[Future, asyncio.Future] | None = None
+        self._refused: RealtimeError | None = None  # why this config's session cannot open
 
     async def run(self) -> None:
         if await refused_while_draining(self.ws, self.service):
@@ -199,10 +200,16 @@ class RealtimeHandler:
 
     async def _push(self, samples: np.ndarray) -> None:
         if self.session is None:
+            if self._refused is not None and self._refused.code != "server_busy":
+                return  # said once; the audio is dropped until a session.update fixes it
             try:
                 await self._open()
             except RealtimeError as exc:
-                return await self._send(exc.event())
+                told, self._refused = self._refused, exc
+                if told is None:  # a busy server is retried with the next audio, said once
+                    await self._send(exc.event())
+                return
+            self._refused = None
         session = self.session
         self.uncommitted_s += len(samples) / SAMPLE_RATE
         behind = self.received_s - self.offset_s - session.stats["audio_s"] + session.lag_s
@@ -219,7 +226,7 @@ class RealtimeHandler:
             if config.model is not None:
                 self._model(config)  # refused now, not at the first audio
             await self._close_session()  # the new settings apply from the next audio
-            self.config, self.dialect = config, dialect
+            self.config, self.dialect, self._refused = config, dialect, None
             self._resampler = Resampler(config.rate)
             self._g711 = None
             self.turns.server_vad = config.turn_detection is not None
@@ -368,13 +375,8 @@ class RealtimeHandler:
         await self.ws.send_json(event)
 
     async def _close_with_error(self, error: ProtocolError) -> None:
-        if self.ws.client_state == WebSocketState.CONNECTED:
-            try:
-                await self._send(RealtimeError(error.code, error.message,
-                                               kind="invalid_request_error").event())
-                await self.ws.close(error.close_code, error.message[:120])
-            except (WebSocketDisconnect, RuntimeError):
-                pass
+        await close_with_error(self.ws, error, lambda e: self._send(
+            RealtimeError(e.code, e.message, kind="invalid_request_error").event()))
 
 
 def _realtime_subprotocol(headers: Any) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 
 from ..audio import (
     OPUS_ENCODINGS,
@@ -32,7 +32,7 @@ from ..protocol import StreamConfig, parse_config, parse_json
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession
 from .errors import ProtocolError
-from .handshake import admit, refused_while_draining
+from .handshake import admit, close_with_error, refused_while_draining
 from .service import Service, get_service
 
 router = APIRouter()
@@ -310,9 +310,4 @@ class StreamHandler:
         await self.ws.send_json(error.to_dict())
 
     async def _close_with_error(self, error: ProtocolError) -> None:
-        if self.ws.client_state == WebSocketState.CONNECTED:
-            try:
-                await self._send_error(error)
-                await self.ws.close(error.close_code, error.message[:120])
-            except (WebSocketDisconnect, RuntimeError):
-                pass
+        await close_with_error(self.ws, error, self._send_error)
