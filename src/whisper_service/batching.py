@@ -24,6 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+UTILIZATION_WINDOW_S = 5.0
+
 R = TypeVar("R")
 T = TypeVar("T")
 
@@ -54,6 +56,7 @@ class BatchScheduler(Generic[R, T]):
         self._limit = limit or (lambda request: max_batch)
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size (for /metrics)
         self.wait_s_total = 0.0  # time requests spent queued, summed
+        self._busy: deque[tuple[float, float]] = deque()  # (start, end) of recent batches
         self._pending: deque[_Job[R, T]] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -66,6 +69,20 @@ class BatchScheduler(Generic[R, T]):
     def depth(self) -> int:
         """Requests waiting for a batch (not counting the ones running)."""
         return len(self._pending)
+
+    def utilization(self) -> float:
+        """The share of the workers' time spent running batches over the last
+        UTILIZATION_WINDOW_S (batches still running count once they end)."""
+        now = time.monotonic()
+        since = now - UTILIZATION_WINDOW_S
+        with self._cond:
+            self._forget_busy(since)
+            busy = sum(end - max(start, since) for start, end in self._busy)
+        return min(1.0, busy / (self.workers * UTILIZATION_WINDOW_S))
+
+    def _forget_busy(self, since: float) -> None:
+        while self._busy and self._busy[0][1] <= since:
+            self._busy.popleft()
 
     def submit(self, request: R) -> Future[T]:
         job: _Job[R, T] = _Job(request, self._key(request))
@@ -152,4 +169,8 @@ class BatchScheduler(Generic[R, T]):
             for job, result in zip(batch, results):
                 job.future.set_result(result)
         finally:
+            ended = time.monotonic()
+            with self._cond:
+                self._busy.append((started, ended))
+                self._forget_busy(ended - UTILIZATION_WINDOW_S)
             self._slots.release()

@@ -49,6 +49,9 @@ class _ModelCollector:
                                   "Window decodes waiting for a batch", labels=["model"])
         sizes = HistogramMetricFamily("whisper_batch_size", "Windows per batched decode",
                                       labels=["model"])
+        busy = GaugeMetricFamily("whisper_decode_utilization",
+                                 "Share of the decode workers' time spent decoding, last 5 s",
+                                 labels=["model"])
         waited = CounterMetricFamily("whisper_decode_queue_wait_seconds",
                                      "Time window decodes spent queued, summed",
                                      labels=["model"])
@@ -57,6 +60,7 @@ class _ModelCollector:
             if scheduler is None:
                 continue
             depth.add_metric([key.name], scheduler.depth)
+            busy.add_metric([key.name], scheduler.utilization())
             counts = dict(scheduler.batch_sizes)
             buckets = [(str(b), sum(c for size, c in counts.items() if size <= b))
                        for b in BATCH_BUCKETS] + [("+Inf", sum(counts.values()))]
@@ -64,6 +68,7 @@ class _ModelCollector:
                              sum_value=sum(size * c for size, c in counts.items()))
             waited.add_metric([key.name], scheduler.wait_s_total)
         yield depth
+        yield busy
         yield sizes
         yield waited
 

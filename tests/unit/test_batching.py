@@ -192,3 +192,22 @@ def test_a_session_steps_longer_as_windows_queue_per_worker():
         loads.append(decoder.load())
     assert loads == [1.0, 2.0, 5.0]
     assert Decoder(SimpleNamespace(scheduler=None)).load() == 1.0  # batching off: no signal
+
+
+def test_utilization_is_the_busy_share_of_the_workers_over_the_last_seconds(monkeypatch):
+    from whisper_service import batching
+
+    monkeypatch.setattr(batching, "UTILIZATION_WINDOW_S", 0.5)
+    slow = Runner()
+    s = scheduler(slow, workers=1)
+    assert s.utilization() == 0.0
+    slow.gate.clear()
+    running = s.submit(("a", 0))
+    assert slow.started.wait(5)
+    time.sleep(0.3)
+    slow.gate.set()
+    running.result(5)
+    assert 0.5 <= s.utilization() <= 1.0  # 0.3 s busy of the last 0.5 s
+    time.sleep(0.6)
+    assert s.utilization() == 0.0  # and forgotten once it is older than the window
+    s.close()

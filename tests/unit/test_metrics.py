@@ -15,7 +15,7 @@ class FakeManager:
                                              ModelKey("base", "cpu", "int8"): 2})
         # What /metrics reads of a model's BatchScheduler; "base" decodes without one.
         scheduler = SimpleNamespace(depth=3, batch_sizes=Counter({1: 2, 4: 1, 8: 1}),
-                                    wait_s_total=0.75)
+                                    wait_s_total=0.75, utilization=lambda: 0.625)
         self.pipelines = {ModelKey("tiny.en", "cpu", "int8"): SimpleNamespace(scheduler=scheduler),
                           ModelKey("base", "cpu", "int8"): SimpleNamespace(scheduler=None)}
 
@@ -37,6 +37,7 @@ def test_render_reads_the_manager_at_scrape_time():
     assert 'whisper_audio_seconds_total{source="stream"} 2.5' in text
     assert 'whisper_decode_seconds_bucket{le="0.5",source="file"} 1.0' in text
     assert 'whisper_decode_queue_depth{model="tiny.en"} 3.0' in text
+    assert 'whisper_decode_utilization{model="tiny.en"} 0.625' in text
     assert 'whisper_batch_size_bucket{le="2",model="tiny.en"} 2.0' in text
     assert 'whisper_batch_size_bucket{le="4",model="tiny.en"} 3.0' in text
     assert 'whisper_batch_size_count{model="tiny.en"} 4.0' in text
