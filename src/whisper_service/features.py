@@ -2,10 +2,11 @@
 
 faster-whisper's `FeatureExtractor` frames the whole waveform at once: its temporaries (the
 frames, their spectra, the magnitudes) take about 1 MB per second of audio, 29 MB for one
-30 s utterance. Under load many sessions compute features at the same moment, and the heap
-keeps its peak (memory.tune_heap): at 16 real-time clients the server held 70 MB more than
-at 8 (bench/memory.py --only-clients). Here the same steps run over blocks of frames into
-one preallocated output, so the temporaries stay at a block's, whatever the length.
+30 s utterance (tracemalloc). Sessions compute features on their own threads, several at
+once under load, and the heap keeps its peak (memory.tune_heap). Here the same steps (the
+parent's `stft` and mel filters) run over blocks of frames into one preallocated output: 10
+MB for 30 s, most of it the padded copy of the audio. (At 16 clients the server's heap still
+grew by 40-100 MB past 8 clients with or without this: that is the decodes' working memory.)
 """
 
 from __future__ import annotations

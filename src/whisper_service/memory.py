@@ -40,9 +40,10 @@ def tune_heap(arenas: int = 2) -> None:
       of the heap, with thresholds that move as blocks come and go. Warm-up's working memory
       (start-up pays a full batch per worker) was then partly returned and paid again by
       whichever client came next: the server's idle RSS varied from 268 to 362 MB between
-      runs, and a client seemed to cost -14 to +7 MB. Fixed, the first client and the
-      sixteenth cost about the same few MB, at the same decode speed
-      (bench/memory.py --only-clients). Memory freed past TRIM_THRESHOLD still goes back.
+      runs, and a client seemed to cost -14 to +7 MB. Fixed, the first client costs about
+      2 MB and, up to the server's capacity, each further one 0.3-1 MB, at the same decode
+      speed (bench/memory.py --only-clients). Memory freed past TRIM_THRESHOLD still goes
+      back.
 
     An explicit MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ in the
     environment wins.

@@ -242,7 +242,8 @@ def warm_up(loaded: LoadedModel, workers: int) -> None:
     file decodes use: the largest search a window gets.
 
     Without a prompt: with a full one (208 tokens) base's idle server held 180 MB more, and
-    its first client cost the same 2 MB (bench/memory.py)."""
+    its first client cost the same 2 MB (serve started twice each way, idle RSS, then one
+    client of bench/capacity.py)."""
     options = TranscribeOptions(beam_size=5, word_timestamps=True, vad_filter=False,
                                 temperature=0.0)
     request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
