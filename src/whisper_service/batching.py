@@ -57,6 +57,7 @@ class BatchScheduler(Generic[R, T]):
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size (for /metrics)
         self.wait_s_total = 0.0  # time requests spent queued, summed
         self._busy: deque[tuple[float, float]] = deque()  # (start, end) of recent batches
+        self._running = 0  # batches taken and not yet answered
         self._pending: deque[_Job[R, T]] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -79,6 +80,12 @@ class BatchScheduler(Generic[R, T]):
             self._forget_busy(since)
             busy = sum(end - max(start, since) for start, end in self._busy)
         return min(1.0, busy / (self.workers * UTILIZATION_WINDOW_S))
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued or running (a memory reading then sees no decode's
+        working memory); False if that did not happen within `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._running, timeout)
 
     def _forget_busy(self, since: float) -> None:
         while self._busy and self._busy[0][1] <= since:
@@ -142,7 +149,9 @@ class BatchScheduler(Generic[R, T]):
             # A job whose future was cancelled while it waited is dropped; the others can no
             # longer be cancelled (set_result on a cancelled future would raise, and the rest
             # of the batch would never hear of its results).
-            return [job for job in batch if job.future.set_running_or_notify_cancel()]
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            self._running += bool(batch)  # counted while still under the lock (wait_idle)
+            return batch
 
     def _size(self) -> int:
         """How many jobs the batch headed by the oldest may hold."""
@@ -173,4 +182,6 @@ class BatchScheduler(Generic[R, T]):
             with self._cond:
                 self._busy.append((started, ended))
                 self._forget_busy(ended - UTILIZATION_WINDOW_S)
+                self._running -= 1
+                self._cond.notify_all()
             self._slots.release()

@@ -194,6 +194,19 @@ def test_a_session_steps_longer_as_windows_queue_per_worker():
     assert Decoder(SimpleNamespace(scheduler=None)).load() == 1.0  # batching off: no signal
 
 
+def test_wait_idle_returns_once_nothing_is_queued_or_running():
+    runner = Runner()
+    s = scheduler(runner)
+    assert s.wait_idle(0)
+    first = blocked(runner, s)
+    queued = s.submit(("a", 1))
+    assert not s.wait_idle(0.05)  # one running, one queued
+    runner.gate.set()
+    assert s.wait_idle(5)
+    assert first.done() and queued.done()
+    s.close()
+
+
 def test_utilization_is_the_busy_share_of_the_workers_over_the_last_seconds(monkeypatch):
     from whisper_service import batching
 
