@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_service.memory import tune_heap  # noqa: E402
+from whisper_service.memory import tune_heap
 
 DATA = Path(__file__).parent / "data"
 
@@ -75,9 +75,13 @@ class Pipe(io.RawIOBase):
         self.data += bytes(chunk)
         return len(chunk)
 
+    def getvalue(self) -> bytes:
+        """What was written, as `io.BytesIO.getvalue` gives it."""
+        return bytes(self.data)
+
 
 def encode_audio(samples: np.ndarray, container: str, codec: str, rate: int = 16000,
-                 sink: io.RawIOBase | None = None) -> bytes:
+                 sink: Pipe | io.BytesIO | None = None) -> bytes:
     """16 kHz float samples encoded with PyAV (as ffmpeg would), resampled to the codec's
     `rate` and sample format; written to `sink` (a Pipe, say) or to memory."""
     import av
@@ -92,7 +96,7 @@ def encode_audio(samples: np.ndarray, container: str, codec: str, rate: int = 16
         for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
             out.mux(stream.encode(resampled))
         out.mux(stream.encode(None))
-    return bytes(sink.data) if isinstance(sink, Pipe) else sink.getvalue()
+    return sink.getvalue()
 
 
 def silent_flac(seconds: int, declared: bool = True, rate: int = 8000) -> bytes:
@@ -112,7 +116,7 @@ def silent_flac(seconds: int, declared: bool = True, rate: int = 8000) -> bytes:
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
-    return sink.getvalue() if declared else bytes(sink.data)
+    return sink.getvalue()
 
 
 def reference(name: str) -> str:
