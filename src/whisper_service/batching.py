@@ -100,6 +100,17 @@ class BatchScheduler(Generic[R, T]):
             self._cond.notify_all()
         return job.future
 
+    def submit_all(self, requests: Sequence[R]) -> list[Future[T]]:
+        """Submit several at once: they queue together, so the first batch does not leave
+        with the first request alone (warm-up wants full batches on every worker)."""
+        jobs = [_Job(request, self._key(request)) for request in requests]
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosed("the model was unloaded")
+            self._pending.extend(jobs)
+            self._cond.notify_all()
+        return [job.future for job in jobs]
+
     def decode(self, request: R) -> T:
         """Submit and wait: the blocking call sessions make."""
         return self.submit(request).result()

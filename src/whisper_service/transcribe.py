@@ -233,24 +233,41 @@ class Decoder:
         return Transcript(info.language, info.language_probability, duration, tuple(out))
 
 
+# What warm-up's windows carry in place of speech. The prompt stands for a stream's rolling
+# context after about 25 s of speech (100 tokens), the forced prefix for the words a window
+# generates (20 tokens): a decode's working memory grows with its tokens.
+WARM_UP_SENTENCE = "the quick brown fox jumps over the lazy dog"  # 10 tokens
+WARM_UP_PROMPT_REPEATS = 10
+WARM_UP_PREFIX_REPEATS = 2
+
+
 def warm_up(loaded: LoadedModel, workers: int) -> None:
     """A full batch per decode worker at once, so that every worker has started and holds
-    the working memory of the largest batch of common (10 s) windows before the first client
-    arrives, rather than during someone's stream (a batch of 8 windows needs about 40 MB more
-    than one, on tiny.en; memory.tune_heap keeps it for the decodes that follow). The
-    scheduler runs the first batch while the next fills, so each worker gets one. Beam 5, as
-    file decodes use: the largest search a window gets.
+    the working memory of a full batch of common (10 s) windows before the first client
+    arrives, rather than during someone's stream; memory.tune_heap keeps it for the decodes
+    that follow. The windows queue at once, so each worker takes a full batch. Beam 2, the
+    utterances' beam, is the largest search a stream's windows get (a batch runs greedy
+    anyway unless `batch_beam_size` is 0).
 
-    Without a prompt: with a full one (208 tokens) base's idle server held 180 MB more, and
-    its first client cost the same 2 MB (serve started twice each way, idle RSS, then one
-    client of bench/capacity.py)."""
-    options = TranscribeOptions(beam_size=5, word_timestamps=True, vad_filter=False,
-                                temperature=0.0)
+    The windows carry a prompt and a forced prefix, as a stream's do: a decode's working
+    memory grows with its tokens. `bench/memory.py --only-clients`, per extra client from 1
+    to 16 real-time clients (admission by lag off, so base runs at 4x its capacity):
+    - with no tokens: base 5.4-7.1 MB, tiny.en 3.1-4.7 MB;
+    - with these: base 0.3 MB, tiny.en 0.7 MB; idle RSS about 90 MB (base) and 30 MB
+      (tiny.en) higher, start-up about 4 s (base) and 1 s (tiny.en) longer;
+    - with a full 223-token prompt: base 0.3 MB, but 240 MB more at idle.
+    """
+    text = " ".join([WARM_UP_SENTENCE] * WARM_UP_PROMPT_REPEATS)
+    options = TranscribeOptions(beam_size=2, word_timestamps=True, vad_filter=False,
+                                temperature=0.0, initial_prompt=text,
+                                prefix=" ".join([WARM_UP_SENTENCE] * WARM_UP_PREFIX_REPEATS))
     request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
-    decoder = Decoder(loaded)
-    per_worker = loaded.scheduler.max_batch if loaded.scheduler else 1
-    futures = [decoder.submit(request) for _ in range(workers * per_worker)]
-    for future in futures:
+    if loaded.scheduler is None:
+        for _ in range(workers):
+            Decoder(loaded).decode(request)
+        return
+    window = prepare_window(loaded, request)
+    for future in loaded.scheduler.submit_all([window] * (workers * loaded.scheduler.max_batch)):
         future.result()
 
 

@@ -225,3 +225,23 @@ def test_utilization_is_the_busy_share_of_the_workers_over_the_last_seconds(monk
     time.sleep(0.6)
     assert s.utilization() == 0.0  # and forgotten once it is older than the window
     s.close()
+
+
+def test_submit_all_fills_a_batch_on_every_worker_from_the_first():
+    """Requests submitted one by one: the first leaves alone while the rest queue. Submitted
+    together (as warm-up does), each of the two workers takes a full batch."""
+    def slow_key(request):  # one at a time, the dispatcher would take the first alone
+        time.sleep(0.02)
+        return request[0]
+
+    runner = Runner()
+    s = BatchScheduler(runner, key=slow_key, slots=threading.Semaphore(2), workers=2,
+                       max_batch=3, max_wait_s=0.5)
+    futures = s.submit_all([("a", n) for n in range(6)])
+    wait(futures, timeout=10)
+    assert [f.result() for f in futures] == [f"a:{n}" for n in range(6)]
+    assert sorted(map(len, runner.batches)) == [3, 3]
+    assert s.batch_sizes == {3: 2}
+    s.close()
+    with pytest.raises(SchedulerClosed):
+        s.submit_all([("a", 9)])
