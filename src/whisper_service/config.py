@@ -80,10 +80,11 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="decode the windows of concurrent streams as "
                            "batches; off: each alone, as before")
     max_batch_size: int = Field(8, ge=1, le=64, description="windows in one batch")
-    batch_beam_size: int = Field(1, ge=0, le=10, description="beam size for windows decoded "
+    batch_beam_size: int = Field(0, ge=0, le=10, description="beam size for windows decoded "
                                  "under load: in a batch of two or more, or with windows "
-                                 "waiting (1: greedy, 2.4x cheaper per window than beam 5 in a "
-                                 "batch of 8); 0: each window's own")
+                                 "waiting; 0: each window's own (streams' windows are greedy "
+                                 "already, utterances keep their beam); 1: greedy, cheaper, "
+                                 "and transcripts under load lose a few words")
     batch_wait_ms: float = Field(20.0, ge=0, le=500, description="longest wait for a batch "
                                  "to fill when several windows are pending (none for one)")
 

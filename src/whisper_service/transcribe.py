@@ -246,8 +246,8 @@ def warm_up(loaded: LoadedModel, workers: int) -> None:
     the working memory of a full batch of common (10 s) windows before the first client
     arrives, rather than during someone's stream; memory.tune_heap keeps it for the decodes
     that follow. The windows queue at once, so each worker takes a full batch. Beam 2, the
-    utterances' beam, is the largest search a stream's windows get (a batch runs greedy
-    anyway unless `batch_beam_size` is 0).
+    utterances' beam, is the largest search a stream's windows get (with `batch_beam_size`
+    1, batches run greedy).
 
     The windows carry a prompt and a forced prefix, as a stream's do: a decode's working
     memory grows with its tokens. `bench/memory.py --only-clients`, per extra client from 1
@@ -360,10 +360,11 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
     options = [_window_options(w.options, t) for w, t in zip(windows, tokenizers)]
     busy = len(windows) > 1 or (loaded.scheduler is not None and loaded.scheduler.depth > 0)
     if busy and loaded.batch_beam_size:
-        # Under load (a batch, or windows waiting behind this one), greedy: a batch of 8
-        # windows took 53 ms per window against 127 ms at beam 5 (tiny.en, one thread).
-        # Streaming WER with beam 1 alone: tiny.en 0.048 vs 0.057 at beam 5, base 0.080 vs
-        # 0.060 (bench/streaming.py --beam-size 1).
+        # Under load (a batch, or windows waiting behind this one), a smaller beam: a batch
+        # of 8 windows took 53 ms per window greedy against 127 ms at beam 5 (tiny.en, one
+        # thread). Off by default (0): streams' windows are greedy already, and greedy
+        # utterances under load cost a client's transcript +0.048 WER at 8 clients
+        # (bench/capacity.py), for p90 latency no better (1.85 s against 1.76-1.95 s).
         options = [replace(o, beam_size=min(o.beam_size, loaded.batch_beam_size))
                    for o in options]
     if len(_temperatures(windows[0].options)) > 1:  # alone in its batch (Window.key)

@@ -187,9 +187,11 @@ def test_batched_windows_equal_windows_decoded_alone(tiny_en):
     batched = decode_windows(own_beam, windows)
     for window, together in zip(windows, batched):
         assert_same(decode_windows(own_beam, [window])[0], together)
-    # By default a batch is decoded greedily: each window as it decodes alone at beam 1.
-    assert tiny_en.batch_beam_size == 1
-    for window, together in zip(windows, decode_windows(tiny_en, windows)):
+    # By default each window keeps its own beam; with batch_beam_size=1 a batch is decoded
+    # greedily: each window as it decodes alone at beam 1.
+    assert tiny_en.batch_beam_size == 0
+    greedy_batches = dataclasses.replace(tiny_en, batch_beam_size=1, scheduler=None)
+    for window, together in zip(windows, decode_windows(greedy_batches, windows)):
         greedy = dataclasses.replace(window, options=dataclasses.replace(window.options,
                                                                          beam_size=1))
         assert_same(decode_windows(own_beam, [greedy])[0], together)
