@@ -245,9 +245,10 @@ def warm_up(loaded: LoadedModel, workers: int) -> None:
     """A full batch per decode worker at once, so that every worker has started and holds
     the working memory of a full batch of common (10 s) windows before the first client
     arrives, rather than during someone's stream; memory.tune_heap keeps it for the decodes
-    that follow. The windows queue at once, so each worker takes a full batch. Beam 2, the
-    utterances' beam, is the largest search a stream's windows get (with `batch_beam_size`
-    1, batches run greedy).
+    that follow. The windows queue at once, so each worker takes a full batch. Greedy, as
+    streams' windows are: at the utterances' beam 2, a batch of 8 needed so much more that
+    glibc handed most of it back at the first client (base: idle 666 MB, 542 MB with one
+    client), and tiny.en's first client then cost 28 MB.
 
     The windows carry a prompt and a forced prefix, as a stream's do: a decode's working
     memory grows with its tokens. `bench/memory.py --only-clients`, per extra client from 1
@@ -258,7 +259,7 @@ def warm_up(loaded: LoadedModel, workers: int) -> None:
     - with a full 223-token prompt: base 0.3 MB, but 240 MB more at idle.
     """
     text = " ".join([WARM_UP_SENTENCE] * WARM_UP_PROMPT_REPEATS)
-    options = TranscribeOptions(beam_size=2, word_timestamps=True, vad_filter=False,
+    options = TranscribeOptions(beam_size=1, word_timestamps=True, vad_filter=False,
                                 temperature=0.0, initial_prompt=text,
                                 prefix=" ".join([WARM_UP_SENTENCE] * WARM_UP_PREFIX_REPEATS))
     request = DecodeRequest(np.zeros(SAMPLE_RATE, np.float32), options, window=True)
