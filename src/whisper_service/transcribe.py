@@ -255,8 +255,8 @@ def warm_up(loaded: LoadedModel, workers: int) -> None:
     to 16 real-time clients (admission by lag off, so base runs at 4x its capacity):
     - with no tokens: base 5.4-7.1 MB, tiny.en 3.1-4.7 MB;
     - with these: base 0.3 MB, tiny.en 0.7-2.1 MB (three runs); idle RSS 583 MB for base
-      (459 MB before), 362 MB for tiny.en (361 MB), start-up about 4 s (base) and 1 s
-      (tiny.en) longer;
+      (459 MB before), 362 MB for tiny.en (361 MB), ready in 7.3 s for base (3.3 s),
+      2.4 s for tiny.en (1.8 s);
     - with a full 223-token prompt: base 0.3 MB, but 240 MB more at idle.
     """
     text = " ".join([WARM_UP_SENTENCE] * WARM_UP_PROMPT_REPEATS)
