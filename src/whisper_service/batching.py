@@ -92,13 +92,7 @@ class BatchScheduler(Generic[R, T]):
             self._busy.popleft()
 
     def submit(self, request: R) -> Future[T]:
-        job: _Job[R, T] = _Job(request, self._key(request))
-        with self._cond:
-            if self._closed:
-                raise SchedulerClosed("the model was unloaded")
-            self._pending.append(job)
-            self._cond.notify_all()
-        return job.future
+        return self.submit_all([request])[0]
 
     def submit_all(self, requests: Sequence[R]) -> list[Future[T]]:
         """Submit several at once: they queue together, so the first batch does not leave

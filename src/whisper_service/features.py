@@ -5,8 +5,9 @@ frames, their spectra, the magnitudes) take about 1 MB per second of audio, 29 M
 30 s utterance (tracemalloc). Sessions compute features on their own threads, several at
 once under load, and the heap keeps its peak (memory.tune_heap). Here the same steps (the
 parent's `stft` and mel filters) run over blocks of frames into one preallocated output: 10
-MB for 30 s, most of it the padded copy of the audio. (At 16 clients the server's heap still
-grew by 40-100 MB past 8 clients with or without this: that is the decodes' working memory.)
+MB for 30 s, most of it the padded copy of the audio. (The server's growth from 8 to 16
+clients that remained with or without this was the decodes' working memory, which
+`transcribe.warm_up` now pays at start-up.)
 """
 
 from __future__ import annotations
