@@ -1,15 +1,23 @@
-"""The test suite's WER margins on each CTranslate2 int8 backend.
+"""The test suite's WER margins on each CTranslate2 int8 arithmetic this CPU has.
 
 CTranslate2 picks its int8 backend by CPU vendor (Intel MKL on Intel CPUs, oneDNN elsewhere),
-and `CT2_FORCE_CPU_ISA=GENERIC` gives a third arithmetic. Model outputs differ slightly
-between them, so every accuracy assertion must hold on all three. This runs the
-model-dependent tests once per backend, one after another, collects every WER the tests
-assert on (tests/conftest.py `assert_wer` logs them), and prints the table for tests/README.md:
-the worst value, the rule-of-thumb bound 2 x worst + 0.05, and the bound the test uses.
+and its own kernels, and oneDNN's, by the instruction sets the CPU has (AVX2, AVX-512). Model
+outputs differ slightly between them: two fresh-clone failures in a row came from a CPU
+generation whose arithmetic the suite had not seen. So every assertion on model output must
+hold under all of them. This runs the model-dependent tests once per arithmetic, one after
+another, collects every WER the tests assert on (tests/conftest.py `assert_wer` logs them),
+and prints the table for tests/README.md: the worst value, the rule-of-thumb bound
+2 x worst + 0.05, and the bound the test uses.
 
-    .venv/bin/python bench/backends.py [-k EXPR] [--backends MKL oneDNN GENERIC]
+    .venv/bin/python bench/backends.py [-k EXPR] [--backends MKL oneDNN AVX512 AVX2 GENERIC]
 
-On AMD CPUs MKL runs about 4.5x slower than oneDNN, so the MKL pass takes longest there.
+The arithmetics (those the CPU cannot run are left out):
+- MKL: Intel's library, as on Intel CPUs (on AMD about 4.5x slower than oneDNN);
+- oneDNN: as on AMD CPUs, at the best instruction set each part picks for itself;
+- AVX512: oneDNN, with CTranslate2's own kernels forced to AVX-512 (by default it picks
+  them per vendor);
+- AVX2: an AVX2-only machine: CTranslate2's kernels and oneDNN's both capped at AVX2;
+- GENERIC: CTranslate2's plain kernels.
 """
 
 from __future__ import annotations
@@ -24,15 +32,45 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = {"MKL": {"CT2_USE_MKL": "1"}, "oneDNN": {"CT2_USE_MKL": "0"},
-            "GENERIC": {"CT2_FORCE_CPU_ISA": "GENERIC"}}
+AVX2_ONLY = {"CT2_USE_MKL": "0", "CT2_FORCE_CPU_ISA": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+ALL_BACKENDS = {
+    "MKL": ({"CT2_USE_MKL": "1"}, ()),
+    "oneDNN": ({"CT2_USE_MKL": "0"}, ()),
+    "AVX512": ({"CT2_USE_MKL": "0", "CT2_FORCE_CPU_ISA": "AVX512"},
+               ("avx512f", "avx512bw", "avx512dq", "avx512vl")),
+    "AVX2": (AVX2_ONLY, ("avx2", "fma")),
+    "GENERIC": ({"CT2_FORCE_CPU_ISA": "GENERIC"}, ()),
+}
+ARITHMETIC_VARIABLES = ("CT2_", "ONEDNN_", "DNNL_", "MKL_")
+# Every test that runs a model, but the leak tests: they assert on memory, not on model output.
+MODEL_TESTS = "(integration or e2e) and not memory"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    lines = [line for line in text.splitlines() if line.startswith("flags")]
+    return set(lines[0].split(":", 1)[1].split()) if lines else set()
+
+
+def available() -> dict[str, dict[str, str]]:
+    """The arithmetics this CPU can run."""
+    flags = cpu_flags()
+    return {name: env for name, (env, needs) in ALL_BACKENDS.items()
+            if all(flag in flags for flag in needs)}
+
+
+BACKENDS = available()
 
 
 def run(name: str, env: dict[str, str], log: Path, select: list[str]) -> int:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CT2_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ARITHMETIC_VARIABLES)}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-m", "integration or e2e", *select],
+         "-m", MODEL_TESTS, *select],
         cwd=ROOT, env={**clean, **env, "WHISPER_SERVICE_TEST_WER_LOG": str(log)},
         capture_output=True, text=True)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr

@@ -14,6 +14,15 @@ most its single-client transcript WER + 0.02: before the rounds, each sequence i
 one client alone. WER is counted after Whisper's English normalizer, as the tests count it.
 
     .venv/bin/python bench/capacity.py [--models tiny.en base] [--clients 1 2 4 8 12 16]
+
+With `--burst`, it measures instead what one client that does not pace its audio does to the
+real-time ones (a reconnect replaying its buffer, a file pushed through a stream): for each
+N, a round of N real-time clients alone, then the same round with a burst client that sends
+en_long (66 s) at once 0.5 s before them, with admission by lateness on (the default
+`WHISPER_SERVICE_MAX_LAG_S`). It gives the real-time clients' p90 latency without and with
+the burst, the refusals, and when the burst client's `done` came and its WER.
+
+    .venv/bin/python bench/capacity.py --burst [--models tiny.en] [--clients 4 8]
 """
 
 from __future__ import annotations
@@ -108,10 +117,43 @@ async def run_client(url: str, model: str, stream: Stream, delay: float) -> Clie
     return result
 
 
+async def run_burst(url: str, model: str, stream: Stream) -> ClientResult:
+    """A client that sends its whole stream at once, then `end`; `tail_s` is from its first
+    byte to `done`."""
+    result = ClientResult()
+    async with connect(url, max_size=2**22) as ws:
+        await ws.send(json.dumps({"type": "config", "model": model, "language": "en"}))
+        ready = json.loads(await ws.recv())
+        if ready.get("type") != "ready":
+            result.errors.append(ready)
+            return result
+        t0 = time.perf_counter()
+        frame = int(0.1 * SAMPLE_RATE) * 2
+
+        async def send_all() -> None:
+            for offset in range(0, len(stream.pcm), frame):
+                await ws.send(stream.pcm[offset:offset + frame])
+            await ws.send(json.dumps({"type": "end"}))
+
+        sending = asyncio.create_task(send_all())
+        async for raw in ws:
+            message = json.loads(raw)
+            if message["type"] == "error":
+                result.errors.append(message)
+            elif message["type"] == "done":
+                result.tail_s, result.text = time.perf_counter() - t0, message.get("text")
+        await sending
+    result.wer = english_wer(stream.reference, result.text or "")
+    return result
+
+
 async def run_round(url: str, model: str, n: int, clips: int, server: psutil.Process,
-                    first: int = 0) -> tuple[list[ClientResult], float, list[float]]:
+                    first: int = 0, burst: Stream | None = None,
+                    ) -> tuple[list[ClientResult], float, list[float]]:
     """N clients at once (streaming sequences `first`, `first` + 1, ...); their results, the
-    server's CPU share of all cores, and its RSS (MB) sampled every 0.2 s."""
+    server's CPU share of all cores, and its RSS (MB) sampled every 0.2 s. With `burst`, one
+    more client sends that stream at once, 0.5 s before the others start; its result is
+    last."""
     samples, stop = [rss_mb(server)], asyncio.Event()
 
     async def sampler() -> None:
@@ -124,10 +166,11 @@ async def run_round(url: str, model: str, n: int, clips: int, server: psutil.Pro
 
     cpu0, wall0 = sum(server.cpu_times()[:2]), time.monotonic()
     sampling = asyncio.create_task(sampler())
+    lead = 0.5 if burst is not None else 0.0
     try:
         results = await asyncio.gather(*(
-            run_client(url, model, stream_for(first + i, clips), delay=i / max(n, 1))
-            for i in range(n)))
+            run_client(url, model, stream_for(first + i, clips), delay=lead + i / max(n, 1))
+            for i in range(n)), *([run_burst(url, model, burst)] if burst else []))
     finally:
         stop.set()
         await sampling
@@ -156,7 +199,8 @@ def serving(model: str, max_sessions: int, **env: str) -> Iterator[tuple[str, ps
     past where admission would stop); yields its base URL and process, stops it after."""
     port = free_port()
     env = {**os.environ, "WHISPER_SERVICE_MAX_SESSIONS": str(max_sessions),
-           "WHISPER_SERVICE_MAX_LAG_S": "1000", **env}
+           "WHISPER_SERVICE_MAX_LAG_S": "1000", "WHISPER_SERVICE_MAX_STREAMS_PER_CLIENT": "0",
+           **env}
     env.pop("WHISPER_SERVICE_API_KEY", None)
     exe = Path(sys.executable).with_name("whisper-service")
     log = tempfile.TemporaryFile("w+")
@@ -204,6 +248,30 @@ def serve(model: str, batching: bool, counts: list[int],
     return rows, alone
 
 
+def burst_rounds(model: str, counts: list[int], clips: int) -> None:
+    """Real-time clients alone, then next to a burst client, with admission by lateness on."""
+    burst = Stream(read_pcm(DATA / "en_long.wav"), (DATA / "en_long.txt").read_text())
+    print("| model | real-time clients | p90 s alone | p90 s next to the burst | ratio "
+          "| refused alone / next to it | burst: done after s | burst transcript WER |")
+    print("|---|---|---|---|---|---|---|---|")
+    with serving(model, max(counts) + 1,
+                 WHISPER_SERVICE_MAX_LAG_S=os.environ.get("WHISPER_SERVICE_MAX_LAG_S", "3")) \
+            as (host, server):
+        for n in counts:
+            p90s, refused = [], []
+            for with_burst in (None, burst):
+                results, _, _ = asyncio.run(run_round(f"ws://{host}/v1/stream", model, n,
+                                                      clips, server, burst=with_burst))
+                live = results[:n]
+                p90s.append(percentile([x for r in live for x in r.latencies], 0.9))
+                refused.append(sum(bool(r.errors) for r in results))
+                time.sleep(1.0)
+            fast = results[-1]
+            print(f"| {model} | {n} | {p90s[0]:.2f} | {p90s[1]:.2f} | {p90s[1] / p90s[0]:.2f} "
+                  f"| {refused[0]} / {refused[1]} | {fast.tail_s:.1f} | {fast.wer:.3f} |",
+                  flush=True)
+
+
 def wer_rise(row: dict, alone: dict[int, float]) -> float:
     """The largest rise of a client's WER over its sequence's baseline in this round."""
     return max(r.wer - alone[i % len(PASSAGES)] for i, r in enumerate(row["results"]))
@@ -230,7 +298,13 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"],
                         help="batching modes to run")
     parser.add_argument("--dump", type=Path, help="write every client's finals here (JSON)")
+    parser.add_argument("--burst", action="store_true",
+                        help="measure a burst client's effect on the real-time ones instead")
     args = parser.parse_args()
+    if args.burst:
+        for model in args.models:
+            burst_rounds(model, args.clients, args.clips)
+        return
     counts = sorted(set(args.clients) | {1})
 
     print(f"capacity: {os.cpu_count()} cores; each client streams {args.clips} passage(s) in "

@@ -148,8 +148,8 @@ def _english_normalizer():
 
 def backend() -> str:
     """The CTranslate2 int8 backend this run forces, if any (see tests/README.md)."""
-    forced = [f"CT2_{name}={os.environ[f'CT2_{name}']}" for name in ("USE_MKL", "FORCE_CPU_ISA")
-              if os.environ.get(f"CT2_{name}")]
+    forced = [f"{name}={os.environ[name]}" for name in
+              ("CT2_USE_MKL", "CT2_FORCE_CPU_ISA", "ONEDNN_MAX_CPU_ISA") if os.environ.get(name)]
     return ", ".join(forced) or "the CPU vendor's default"
 
 

@@ -42,10 +42,17 @@ if TYPE_CHECKING:  # at run time imported where used: `--help` needs no ctransla
     from .transcribe import Decoder, TranscribeOptions
 
 RAY_MISSING = "--ray needs Ray: pip install 'whisper-service[ray]'"
-# Threads per actor unless WHISPER_SERVICE_CPU_THREADS says otherwise. tiny.en on one core
-# decoded the committed clips as fast as on two (1.1 s against 1.4 s for en_passage), so
-# one actor per CPU gets the most files through; bench/batch.py compares.
-DEFAULT_ACTOR_THREADS = 1
+# Threads per file decode, on Ray and in process alike, unless WHISPER_SERVICE_CPU_THREADS
+# says otherwise: one file per CPU gets the most files through (bench/batch.py compares).
+DEFAULT_DECODE_THREADS = 1
+
+
+def decode_threads(settings: Settings) -> int:
+    """CPU threads per file decode, the same for both runners. CTranslate2 splits its matrix
+    products by thread, and the sums then round differently (on AVX-512, a probability's
+    digit differed), so a file gives byte-identical output in process and on Ray only when
+    both decode it with the same threads."""
+    return settings.cpu_threads or DEFAULT_DECODE_THREADS
 
 
 class BatchError(Exception):
@@ -208,10 +215,15 @@ def load_decoder(job: Job, workers: int, threads: int) -> Decoder:
     return decoder
 
 
-def run_local(todo: list[Path], job: Job, workers: int = 1) -> Iterator[FileResult]:
-    """In process: one model, `workers` files at once (one CTranslate2 worker each), results
-    as they finish. At most two files per worker are queued, however many there are."""
-    decoder = load_decoder(job, workers, 0)
+def run_local(todo: list[Path], job: Job, workers: int = 0) -> Iterator[FileResult]:
+    """In process: one model, `workers` files at once (one CTranslate2 worker each; 0: one
+    per CPU core, as Ray sizes its actors), each decoded with the threads a Ray actor uses,
+    results as they finish. At most two files per worker are queued, however many there are."""
+    from .models import cpu_cores
+
+    threads = decode_threads(job.settings)
+    workers = workers or max(1, cpu_cores() // threads)
+    decoder = load_decoder(job, workers, threads)
     if workers <= 1:
         for path in todo:
             yield transcribe_one(decoder, path, job)
@@ -311,7 +323,7 @@ def run_ray(todo: list[Path], job: Job, address: str,
         from ray.data import ActorPoolStrategy
 
         sizing = ray_sizing(ray.cluster_resources().get("CPU", 1), len(todo),
-                            job.settings.cpu_threads or DEFAULT_ACTOR_THREADS)
+                            decode_threads(job.settings))
         if on_sizing:
             on_sizing(sizing)
         dataset = ray.data.from_items([{"path": str(p)} for p in todo],
@@ -360,7 +372,7 @@ _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*(?P<name>[A-Za-z_]\w*(?:Err
 
 
 def run(inputs: list[Path], output_dir: Path, job: Job, *, ray: str | None = None,
-        workers: int = 1, quiet: bool = False) -> Summary:
+        workers: int = 0, quiet: bool = False) -> Summary:
     """The driver: plan, run the files still to do on one runner, write each output as it
     arrives, report each failure as one `Error:` line on stderr. Raises BatchError, and
     ModelNotFoundError or ValueError for a model or options that cannot work."""

@@ -5,8 +5,11 @@ that call, a dispatcher thread waits for a free decode slot (the model's `num_wo
 file decodes share window by window), then takes the oldest pending request together with
 every compatible request that waits behind it, up to `max_batch`, and runs them as one batch.
 
-- Oldest first: a batch always contains the oldest request, so nothing starves, and a long
-  file still takes turns with the streams.
+- Earliest due first: a batch always contains the request whose deadline comes first (by
+  default a request is due when submitted, so this is oldest first). A stream sent ahead of
+  real time submits windows that are due only later (pacing.py), so they wait behind the
+  live streams' windows and run on the capacity that is spare, riding along in their
+  batches where there is room. A long file still takes turns with the streams.
 - No wait for one request alone: a lone client's latency stays what it was without batching.
   With several pending, the dispatcher waits at most `max_wait_s` for the batch to fill.
 - Nothing here knows about models or devices: `run` decodes a batch, `key` says which
@@ -36,6 +39,10 @@ class _Job(Generic[R, T]):
     key: Hashable
     future: Future[T] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.monotonic)
+    deadline: float = 0.0  # when its result is due; set to `queued_at` if not given
+
+    def __post_init__(self) -> None:
+        self.deadline = self.deadline or self.queued_at
 
 
 class SchedulerClosed(RuntimeError):
@@ -68,8 +75,10 @@ class BatchScheduler(Generic[R, T]):
 
     @property
     def depth(self) -> int:
-        """Requests waiting for a batch (not counting the ones running)."""
-        return len(self._pending)
+        """Requests waiting for a batch that are due (not counting the ones running, nor the
+        ones due later: those wait for spare capacity, and make nobody else wait)."""
+        now = time.monotonic()
+        return sum(job.deadline <= now for job in list(self._pending))
 
     def utilization(self) -> float:
         """The share of the workers' time spent running batches over the last
@@ -91,13 +100,16 @@ class BatchScheduler(Generic[R, T]):
         while self._busy and self._busy[0][1] <= since:
             self._busy.popleft()
 
-    def submit(self, request: R) -> Future[T]:
-        return self.submit_all([request])[0]
+    def submit(self, request: R, deadline: float | None = None) -> Future[T]:
+        return self.submit_all([request], deadline)[0]
 
-    def submit_all(self, requests: Sequence[R]) -> list[Future[T]]:
+    def submit_all(self, requests: Sequence[R],
+                   deadline: float | None = None) -> list[Future[T]]:
         """Submit several at once: they queue together, so the first batch does not leave
-        with the first request alone (warm-up wants full batches on every worker)."""
-        jobs = [_Job(request, self._key(request)) for request in requests]
+        with the first request alone (warm-up wants full batches on every worker).
+        `deadline` (`time.monotonic()`): when their results are due; default now."""
+        jobs = [_Job(request, self._key(request), deadline=deadline or 0.0)
+                for request in requests]
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the model was unloaded")
@@ -136,19 +148,20 @@ class BatchScheduler(Generic[R, T]):
             self._pool.submit(self._execute, batch)
 
     def _take(self) -> list[_Job[R, T]]:
-        """The oldest job and the compatible ones behind it; waits only if others pend."""
+        """The earliest due job and the compatible ones due next; waits only if others pend."""
         with self._cond:
             if len(self._pending) > 1 and self._size() > 1:
-                deadline = time.monotonic() + self.max_wait_s
+                until = time.monotonic() + self.max_wait_s
                 while not self._closed and self._compatible() < self._size():
-                    left = deadline - time.monotonic()
+                    left = until - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
             if not self._pending:
                 return []
-            key = self._pending[0].key
-            batch = [job for job in self._pending if job.key == key][:self._size()]
+            key = self._head().key
+            batch = sorted((job for job in self._pending if job.key == key),
+                           key=_due)[:self._size()]
             taken = set(map(id, batch))
             self._pending = deque(job for job in self._pending if id(job) not in taken)
             # A job whose future was cancelled while it waited is dropped; the others can no
@@ -158,12 +171,16 @@ class BatchScheduler(Generic[R, T]):
             self._running += bool(batch)  # counted while still under the lock (wait_idle)
             return batch
 
+    def _head(self) -> _Job[R, T]:
+        """The job due first (the oldest of those due at the same moment)."""
+        return min(self._pending, key=_due)
+
     def _size(self) -> int:
-        """How many jobs the batch headed by the oldest may hold."""
-        return max(1, min(self.max_batch, self._limit(self._pending[0].request)))
+        """How many jobs the batch headed by the earliest due may hold."""
+        return max(1, min(self.max_batch, self._limit(self._head().request)))
 
     def _compatible(self) -> int:
-        key = self._pending[0].key
+        key = self._head().key
         return sum(job.key == key for job in self._pending)
 
     def _execute(self, batch: list[_Job[R, T]]) -> None:
@@ -190,3 +207,7 @@ class BatchScheduler(Generic[R, T]):
                 self._running -= 1
                 self._cond.notify_all()
             self._slots.release()
+
+
+def _due(job: _Job) -> float:
+    return job.deadline

@@ -190,8 +190,10 @@ def _check_writable(directory: Path) -> None:
                    "machine, else a new local one) or the cluster's address. One actor per "
                    "WHISPER_SERVICE_CPU_THREADS (default 1) of the cluster's CPUs. Needs "
                    "pip install 'whisper-service[ray]'.")
-@click.option("--workers", "-w", default=1, show_default=True, type=click.IntRange(1, 256),
-              help="Without --ray: files decoded at once in this process, on one model.")
+@click.option("--workers", "-w", default=0, show_default=True, type=click.IntRange(0, 256),
+              help="Without --ray: files decoded at once in this process, on one model; 0: "
+                   "one per CPU core. Each decodes with the threads a Ray actor uses, so both "
+                   "give the same output.")
 def batch(inputs: tuple[Path, ...], output_dir: Path, model: str, language: str, task: str,
           fmt: str, word_timestamps: bool, vad: bool, beam_size: int, prompt: str | None,
           quiet: bool, ray_address: str | None, workers: int) -> None:
@@ -205,7 +207,7 @@ def batch(inputs: tuple[Path, ...], output_dir: Path, model: str, language: str,
     options = _file_options(language, task, beam_size, word_timestamps, vad, prompt)
     if ray_address is not None and not pipeline.ray_available():
         raise _fail(pipeline.RAY_MISSING)
-    if ray_address is not None and workers != 1:
+    if ray_address is not None and workers:
         raise _fail("--workers is for runs without --ray; on Ray the actors are sized to the "
                     "cluster's CPUs")
     _check_writable(output_dir)

@@ -102,8 +102,31 @@ class Settings(BaseSettings):
                                 "WebSocket ticket (POST /v1/stream/ticket) stays valid")
     max_sessions: int = Field(16, ge=1, description="concurrent streaming sessions")
     max_lag_s: float = Field(3.0, gt=0, description="new streams get server_busy while the "
-                             "open ones lag this far behind their audio, on average")
+                             "server is this late with the open ones, on average: seconds "
+                             "since their oldest unheard audio was due (audio a client sends "
+                             "ahead of real time is due only when real time reaches it)")
+    max_ahead_s: float = Field(120.0, ge=5, le=3600, description="audio a stream may have "
+                               "sent that the server has not heard yet; past it the server "
+                               "stops reading the client's socket until it catches up "
+                               "(backpressure, not a refusal)")
     max_session_s: float = Field(3600.0, gt=0, description="longest streaming session")
+    # Sockets that never configure (issue 33): 64 silent ones held every session slot until
+    # the idle timeout. A socket is a session only once its config is accepted.
+    config_timeout_s: float = Field(5.0, ge=0.5, le=60, description="a WebSocket that has "
+                                    "not sent its config (/v1/stream) or first event "
+                                    "(/v1/realtime) this long after opening is closed "
+                                    "(config_timeout, 1008)")
+    max_pending_sockets: int = Field(256, ge=1, description="WebSockets waiting for their "
+                                     "config, apart from the sessions; past it the oldest "
+                                     "waiting one is closed to make room (config_timeout)")
+    max_pending_per_client: int = Field(16, ge=0, description="WebSockets one client may "
+                                        "have waiting for their config; more get "
+                                        "too_many_pending (1013); 0: no limit. A client is "
+                                        "its API key when it presents one, else its address")
+    max_streams_per_client: int = Field(8, ge=0, description="streaming sessions one client "
+                                        "may have open; more get too_many_streams (1013); "
+                                        "0: no limit. A client is its API key when it "
+                                        "presents one, else its address")
     idle_timeout_s: float = Field(30.0, gt=0, description="a stream with no message for "
                                   "this long is finished")
     drain_timeout_s: float = Field(10.0, gt=0, le=600, description="on SIGTERM, how long open "
@@ -122,6 +145,10 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(10, ge=1, description="requests a client may make at once "
                                   "before the rate limit applies")
     max_upload_bytes: int = Field(100 << 20, ge=1024, description="largest file upload")
+    upload_timeout_s: float = Field(600.0, ge=1, le=86400, description="longest time an "
+                                    "upload's body may take to arrive; slower ones get 408 "
+                                    "upload_timeout (a body holds a connection while it "
+                                    "arrives, never a file-job slot)")
     # Bytes do not bound audio: 2 MB of FLAC held 3 h of silence, which took the server from
     # 250 MB to 2.5 GB decoded whole. Files are decoded and transcribed a chunk at a time.
     max_audio_s: float = Field(4 * 3600.0, gt=0, description="longest audio a file may hold "

@@ -104,9 +104,10 @@ class Metrics:
             "whisper_decode_seconds", "Wall time of one decode call", ["source"],
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
             registry=self.registry)
-        self.session_lag = Gauge("whisper_session_lag_seconds", "Audio a streaming session has "
-                                 "received but not decoded yet", ["session"],
-                                 registry=self.registry)
+        self.session_lag = Gauge("whisper_session_lag_seconds", "How late the server is with "
+                                 "a streaming session: seconds since its oldest unheard audio "
+                                 "was due (audio sent ahead of real time is due later)",
+                                 ["session"], registry=self.registry)
         self.file_jobs = Gauge("whisper_file_jobs", "File transcriptions running or waiting "
                                "for a turn", ["state"], registry=self.registry)
         self.rejected = Counter("whisper_rejected", "Requests or sessions refused", ["reason"],

@@ -98,7 +98,7 @@ class ModelManager:
         threads made them take turns (bench/server.py). One file alone runs fastest on one
         worker with CTranslate2's default threads."""
         workers = settings.num_workers or (
-            _cpu_cores() if concurrent and settings.device == "cpu" else 1)
+            cpu_cores() if concurrent and settings.device == "cpu" else 1)
         return cls(
             device=settings.device,
             compute_type=settings.compute_type,
@@ -263,7 +263,7 @@ class ModelManager:
         memory.trim()
 
 
-def _cpu_cores() -> int:
+def cpu_cores() -> int:
     """Cores this process may run on (its affinity mask where the OS has one)."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else os.cpu_count() or 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,7 +19,9 @@ from .audio import SAMPLE_RATE, as_float32
 from .config import Settings, get_settings
 from .context import RollingContext, with_hotwords
 from .guards import credits_start, is_hallucination, loop_start
+from .pacing import Pacing
 from .text import normalize
+from .timeline import clamp_words
 from .transcribe import (
     WINDOW_SAMPLES,
     Decoder,
@@ -110,6 +112,15 @@ class StreamEvent:
         return out
 
 
+WORD_END = (".", ",", "?", "!", ";", ":")  # after these, the next word starts anew
+
+
+def starts_inside_word(word: Word) -> bool:
+    """Whisper writes the space before a word into the word: one without it continues the
+    word before it ("ill" then "-disposed", "didn" then "'t")."""
+    return not word.word[:1].isspace()
+
+
 class LocalAgreement:
     """LocalAgreement-2 (Machacek et al., 2023): commit the longest common word prefix of the
     last two hypotheses. Hypotheses hold only words after the committed text (the session
@@ -124,14 +135,27 @@ class LocalAgreement:
         return self._previous
 
     def update(self, hypothesis: list[Word]) -> list[Word]:
-        commit: list[Word] = []
+        agreed = 0
         for a, b in zip(hypothesis, self._previous):
             if normalize(a.word) != normalize(b.word):
                 break
-            commit.append(a)
-        self._previous = hypothesis[len(commit):]
+            agreed += 1
+        while agreed and not self._boundary(hypothesis, agreed):
+            agreed -= 1
+        commit = hypothesis[:agreed]
+        self._previous = hypothesis[agreed:]
         self._remember(commit)
         return commit
+
+    def _boundary(self, hypothesis: list[Word], at: int) -> bool:
+        """Whether a final may end before word `at`: only where a new word starts in both
+        hypotheses. Clients join finals with spaces, so a final that ended inside a word would
+        read "ill -disposed". Where neither hypothesis has a word after `at`, whether the
+        word goes on is not known yet, so it waits, unless it ends in punctuation."""
+        following = [h[at] for h in (hypothesis, self._previous) if at < len(h)]
+        if not following:
+            return hypothesis[at - 1].word.rstrip().endswith(WORD_END)
+        return not any(map(starts_inside_word, following))
 
     def commit_all(self, hypothesis: list[Word]) -> list[Word]:
         """End of utterance: everything not yet committed becomes final."""
@@ -147,12 +171,23 @@ class LocalAgreement:
             self.last_committed_end = commit[-1].end
 
 
+class SessionCancelled(RuntimeError):
+    """The session was cancelled (its client left) while it worked: its work is dropped."""
+
+
 class StreamingSession:
-    """One client's stream. `push` audio of any size; `end_of_stream` finalizes everything."""
+    """One client's stream. `push` audio of any size; `end_of_stream` finalizes everything.
+
+    `pacing` holds when the stream's audio arrived (a server records it as frames come off
+    the socket; by default audio arrives when pushed). Each decode is due when its newest
+    audio is (`Pacing.due`), and the batch scheduler serves the earliest due first: a client
+    that sends ahead of real time is served with the capacity that is spare.
+    """
 
     def __init__(self, decoder: Decoder, context: RollingContext,
                  options: StreamOptions | None = None, vad_model: SileroVAD | None = None,
-                 on_decode: Callable[[float], None] | None = None) -> None:
+                 on_decode: Callable[[float], None] | None = None,
+                 pacing: Pacing | None = None) -> None:
         self.options = options or StreamOptions.from_settings()
         self._language = self.options.language
         self._detected: str | None = None
@@ -175,6 +210,11 @@ class StreamingSession:
         self._settled: list[str] = []  # the transcript: utterance texts (finals when off)
         self._unsettled: list[str] = []  # finals not yet covered by an utterance
         self._closed = False
+        self._cancelled = False
+        self._inflight: Future[Transcript] | None = None  # the decode this session waits for
+        self.pacing = pacing or Pacing()
+        self._pushed = 0  # samples pushed so far
+        self.heard = 0  # samples decoded or passed by the VAD as silence (see `lateness`)
         self._release: Callable[[], None] | None = None
         self.stats = {"audio_s": 0.0, "decodes": 0, "decode_s": 0.0, "finals": 0, "loops": 0,
                       "utterances": 0, "utterance_s": 0.0, "utterance_fallbacks": 0}
@@ -195,6 +235,25 @@ class StreamingSession:
             raise
         session._release = lambda: manager.release(loaded)
         return session
+
+    def cancel(self) -> None:
+        """The client is gone (callable from any thread): a `push` in progress stops at its
+        next block, and this session's decodes still queued are withdrawn, so no compute is
+        spent on audio nobody will read. A decode already running finishes."""
+        self._cancelled = True
+        for future in [self._inflight, *(p.future for p in list(self._closed_utterances))]:
+            if future is not None:
+                future.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def lateness(self) -> float:
+        """How far the server is behind this client: seconds since the oldest audio the
+        session has not heard became due (see `Pacing`); audio sent ahead of real time
+        counts only once real time reaches it."""
+        return 0.0 if self._cancelled else self.pacing.lateness(self.heard)
 
     def close(self) -> None:
         self._closed = True
@@ -271,6 +330,7 @@ class StreamingSession:
             events += self._on_vad(event.kind, event.sample)
         if self._in_speech:
             events += self._end_utterance(self._audio_start + len(self._audio))
+        self._note_heard()
         return events
 
     def discard(self) -> list[StreamEvent]:
@@ -293,7 +353,8 @@ class StreamingSession:
     @property
     def utterances_due(self) -> bool:
         """The oldest closed utterance's second decode is done (see `decode_utterances`)."""
-        return bool(self._closed_utterances) and self._closed_utterances[0].done()
+        return not self._cancelled and bool(self._closed_utterances) \
+            and self._closed_utterances[0].done()
 
     @property
     def pending_utterance(self) -> Future[Transcript] | None:
@@ -323,16 +384,25 @@ class StreamingSession:
 
     def _feed(self, chunk: np.ndarray, decode: bool) -> list[StreamEvent]:
         """Whole blocks through `_process`; a re-decode step is due only after the last."""
+        self._check_cancelled()
         samples = as_float32(chunk)
         self.stats["audio_s"] += len(samples) / SAMPLE_RATE
+        self._pushed += len(samples)
+        self.pacing.catch_up(self._pushed)
         self._pending = np.concatenate([self._pending, samples])
         whole = len(self._pending) // BLOCK * BLOCK
         events: list[StreamEvent] = []
         for i in range(0, whole, BLOCK):
+            self._check_cancelled()
             events += self._process(self._pending[i:i + BLOCK],
                                     last=decode and i + BLOCK == whole)
         self._pending = self._pending[whole:].copy()
+        self.pacing.forget(self.heard)
         return events
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled:
+            raise SessionCancelled("the session was cancelled")
 
     def _process(self, block: np.ndarray, last: bool) -> list[StreamEvent]:
         self._audio = np.concatenate([self._audio, block])
@@ -351,7 +421,13 @@ class StreamingSession:
                 events += self._step()
         elif len(self._audio) > PREROLL:
             self._drop_until(end - PREROLL)
+        self._note_heard()
         return events
+
+    def _note_heard(self) -> None:
+        """One assignment, so that another thread reading `heard` sees a whole value."""
+        end = self._audio_start + len(self._audio)
+        self.heard = min(self._decoded_until, end) if self._in_speech else end
 
     def _on_vad(self, kind: str, sample: int) -> list[StreamEvent]:
         if kind == "start":
@@ -426,8 +502,9 @@ class StreamingSession:
         audio, offset = self._audio[:stop], self._audio_start / SAMPLE_RATE
         options = self._transcribe_options(self.context.tokens(), prefix or None)
         started = time.perf_counter()
-        result = self._decoder.decode(DecodeRequest(audio, options, window=True,
-                                                    pad_s=self._pad_s))
+        result = self._wait(self._decoder.submit(DecodeRequest(
+            audio, options, window=True, pad_s=self._pad_s,
+            deadline=self.pacing.due(self._audio_start + stop))))
         elapsed = time.perf_counter() - started
         self.stats["decodes"] += 1
         self.stats["decode_s"] += elapsed
@@ -448,6 +525,18 @@ class StreamingSession:
             self.stats["loops"] += 1
             self.context.reset()
         return new
+
+    def _wait(self, future: Future[Transcript]) -> Transcript:
+        """The result of this session's decode, unless the session is cancelled meanwhile."""
+        self._inflight = future
+        try:
+            if self._cancelled:
+                future.cancel()
+            return future.result()
+        except CancelledError:
+            raise SessionCancelled("the session was cancelled") from None
+        finally:
+            self._inflight = None
 
     @property
     def _pad_s(self) -> float | None:
@@ -500,6 +589,7 @@ class StreamingSession:
         self._last_final_end = end
         self.stats["finals"] += 1
         text = "".join(w.word for w in words).strip()
+        words = list(clamp_words(words, start, end))
         if self.options.utterances:
             self._recorder.committed(Final(start, end, tuple(words)))
             self._unsettled.append(text)
@@ -540,7 +630,10 @@ class StreamingSession:
             # Nothing agreed for a whole buffer: the latest hypothesis is the best there is for
             # its older half, so that half becomes final and leaves the buffer.
             cut = end - self.options.max_buffer_s / 2
-            older = [w for w in self._policy.tentative if w.start < cut]
+            tentative = self._policy.tentative
+            older = [w for w in tentative if w.start < cut]
+            while len(older) < len(tentative) and starts_inside_word(tentative[len(older)]):
+                older.append(tentative[len(older)])  # a final ends where a word ends
             cut = max([cut] + [w.end for w in older])
             if older:
                 events = self._finals(self._policy.commit_all(older))
@@ -572,8 +665,10 @@ class StreamingSession:
         if 0 < len(closed.audio) <= WINDOW_SAMPLES:
             options = replace(self._transcribe_options(closed.prompt),
                               beam_size=self.options.utterance_beam_size)
+            end = round(closed.offset * SAMPLE_RATE) + len(closed.audio)
             future = self._decoder.submit(DecodeRequest(closed.audio, options, window=True,
-                                                        pad_s=self._pad_s))
+                                                        pad_s=self._pad_s,
+                                                        deadline=self.pacing.due(end)))
         self._closed_utterances.append(_Pending(closed, future))
 
     def _utterance_event(self, pending: _Pending) -> tuple[StreamEvent, int]:
@@ -601,7 +696,8 @@ class StreamingSession:
         new_stop = self.context.revise(start, stop, text)
         self._settled.append(text)
         del self._unsettled[:len(utterance.finals)]
-        return StreamEvent("utterance", utterance.start, utterance.end, text, tuple(words),
+        return StreamEvent("utterance", utterance.start, utterance.end, text,
+                           clamp_words(words, utterance.start, utterance.end),
                            self._language or self._detected), new_stop
 
     def _forget_committed(self, until: float) -> None:

@@ -7,10 +7,10 @@ scheduler that batches many sessions' requests only has to replace `Decoder`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import ctranslate2
 import numpy as np
@@ -25,6 +25,8 @@ from faster_whisper.transcribe import (
 from .audio import SAMPLE_RATE
 from .context import WHISPER_MAX_PROMPT_TOKENS
 from .registry import check_language
+from .timeline import ordered
+from .transcript import Segment, Transcript, Word
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -39,40 +41,6 @@ MAX_HOTWORDS_CHARS = 500
 # names: tiny.en 0.009 / 0.028-0.032 at 32-96 tokens, 0.106 at 128, 0.111 at 206; base
 # 0.019 / 0.028 at 31-93, 0.384 at 127 (it skipped 24 s of speech).
 MAX_HOTWORDS_TOKENS = 96
-
-
-@dataclass(frozen=True)
-class Word:
-    start: float
-    end: float
-    word: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    start: float
-    end: float
-    text: str
-    words: tuple[Word, ...] = ()
-    avg_logprob: float = 0.0
-    no_speech_prob: float = 0.0
-    compression_ratio: float = 0.0
-    temperature: float = 0.0
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class Transcript:
-    language: str
-    language_probability: float
-    duration: float
-    segments: tuple[Segment, ...] = field(default=())
-
-    @property
-    def text(self) -> str:
-        return "".join(s.text for s in self.segments).strip()
 
 
 @dataclass(frozen=True)
@@ -105,12 +73,16 @@ class TranscribeOptions:
 @dataclass(frozen=True)
 class DecodeRequest:
     """`window`: decode the audio (at most 30 s) as one Whisper window, as streaming wants.
-    `pad_s`: pad that window to a multiple of this (default: the model's `window_pad_s`)."""
+    `pad_s`: pad that window to a multiple of this (default: the model's `window_pad_s`).
+    `deadline`: when the result is due (`time.monotonic()`; default: now). The batch
+    scheduler serves the earliest due first, so a stream sent ahead of real time waits for
+    the ones that are live (see pacing.py)."""
 
     audio: np.ndarray
     options: TranscribeOptions
     window: bool = False
     pad_s: float | None = None
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.window and len(self.audio) > WINDOW_SAMPLES:
@@ -183,7 +155,8 @@ class Decoder:
         already done."""
         if request.window and self.loaded.scheduler is not None:
             self.check(request.options)
-            return self.loaded.scheduler.submit(prepare_window(self.loaded, request))
+            return self.loaded.scheduler.submit(prepare_window(self.loaded, request),
+                                                deadline=request.deadline)
         future: Future[Transcript] = Future()
         try:
             future.set_result(self.decode(request))
@@ -212,25 +185,30 @@ class Decoder:
                 condition_on_previous_text=opts.condition_on_previous_text,
                 hotwords=opts.hotwords or None,
             )
+        duration = len(request.audio) / SAMPLE_RATE
         out = []
-        pending = iter(segments)
-        while True:
-            with self.loaded.slots:  # the lazy generator decodes the next window here
-                seg = next(pending, None)
-            if seg is None:
-                break
-            words = tuple(Word(w.start, w.end, w.word, w.probability) for w in seg.words or ())
-            out.append(Segment(seg.id, seg.start, seg.end, seg.text, words, seg.avg_logprob,
-                               seg.no_speech_prob, seg.compression_ratio, seg.temperature,
-                               tuple(seg.tokens)))
+        for seg in ordered(self._segments(segments), duration):
+            out.append(seg)
             if on_segment:  # outside the slot: a slow consumer holds no decode worker
-                on_segment(out[-1])
+                on_segment(seg)
             if on_progress:
                 on_progress(seg.end)
-        duration = len(request.audio) / SAMPLE_RATE
         if on_progress:
             on_progress(duration)
         return Transcript(info.language, info.language_probability, duration, tuple(out))
+
+
+    def _segments(self, segments: Iterator[Any]) -> Iterator[Segment]:
+        """faster-whisper's lazy segments as ours; each window is decoded in a slot."""
+        while True:
+            with self.loaded.slots:  # the lazy generator decodes the next window here
+                seg = next(segments, None)
+            if seg is None:
+                return
+            words = tuple(Word(w.start, w.end, w.word, w.probability) for w in seg.words or ())
+            yield Segment(seg.id, seg.start, seg.end, seg.text, words, seg.avg_logprob,
+                          seg.no_speech_prob, seg.compression_ratio, seg.temperature,
+                          tuple(seg.tokens))
 
 
 # What warm-up's windows carry in place of speech. The prompt stands for a stream's rolling

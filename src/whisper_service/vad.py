@@ -19,7 +19,7 @@ from pydantic.dataclasses import dataclass as validated_dataclass
 
 from .audio import SAMPLE_RATE
 
-WINDOW_SAMPLES = 512  # Silero's fixed window at 16 kHz.
+SILERO_WINDOW = 512  # samples: Silero scores fixed windows of 32 ms at 16 kHz
 CONTEXT_SAMPLES = 64  # Tail of the previous window the v5/v6 model expects in front of each window.
 MODEL_PATH = os.path.join(get_assets_path(), "silero_vad_v6.onnx")
 
@@ -162,11 +162,11 @@ class VADIterator:
             return []
         self._received += samples.size
         audio = np.concatenate([self._buffer, samples]) if self._buffer.size else samples
-        n = audio.size // WINDOW_SAMPLES
-        self._buffer = audio[n * WINDOW_SAMPLES :].copy()
+        n = audio.size // SILERO_WINDOW
+        self._buffer = audio[n * SILERO_WINDOW :].copy()
         if n == 0:
             return []
-        frames = audio[: n * WINDOW_SAMPLES].reshape(n, WINDOW_SAMPLES)
+        frames = audio[: n * SILERO_WINDOW].reshape(n, SILERO_WINDOW)
         contexts = np.vstack([self._context[None], frames[:-1, -CONTEXT_SAMPLES:]])
         self._context = frames[-1, -CONTEXT_SAMPLES:].copy()
         probs, self._state = self.model.score(np.hstack([contexts, frames]), self._state)
@@ -190,7 +190,7 @@ class VADIterator:
     def _step(self, prob: float) -> VadEvent | None:
         """Advance one scored window; returns at most one event."""
         window_start = self._scored
-        self._scored += WINDOW_SAMPLES
+        self._scored += SILERO_WINDOW
         self.last_probability = prob
         if prob >= self.options.threshold:
             self._temp_end = None

@@ -37,6 +37,7 @@ CLIPS: dict[str, tuple[float, float, float]] = {
     "en_term": (0.5, 0.6, 0.8),
     "en_numbers": (0.5, 0.7, 0.8),
     "en_long": (0.5, 0.25, 0.8),
+    "en_hyphens": (0.5, 0.3, 0.8),
 }
 
 

@@ -60,7 +60,7 @@ SERVER_TYPES = {"ready", "partial", "final", "utterance", "error", "done"}
 ERROR_CODES = {"unauthorized", "server_busy", "config_required", "invalid_json",
                "invalid_message", "invalid_config", "unsupported_sample_rate", "model_not_found",
                "invalid_audio", "message_too_large", "unknown_message_type", "idle_timeout",
-               "session_too_long"}
+               "session_too_long", "config_timeout", "too_many_pending", "too_many_streams"}
 SAMPLE_BYTES = {"pcm_s16le": 2, "pcm_f32le": 4}
 CONFIG_FIELDS = ("type", "model", "language", "task", "sample_rate", "encoding", "static_prompt",
                  "hotwords", "word_timestamps", "utterances", "vad")

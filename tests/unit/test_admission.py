@@ -13,11 +13,13 @@ from starlette.testclient import TestClient
 
 from whisper_service.server.admission import (
     FileAdmission,
+    PendingSockets,
     RateLimiter,
     RateLimitMiddleware,
+    UploadGuard,
     client_id,
 )
-from whisper_service.server.errors import ApiError
+from whisper_service.server.errors import ApiError, ProtocolError
 
 
 def test_file_admission_runs_a_bounded_number_queues_a_bounded_number_refuses_the_rest():
@@ -142,3 +144,79 @@ def test_the_app_limits_stream_opens_and_tickets_per_key(tmp_path):
     assert other.status_code == 200
     assert 'whisper_rejected_total{reason="rate_limited"} 2.0' in client.get(
         "/metrics", headers={"X-API-Key": "k2"}).text
+
+
+def test_pending_sockets_refuse_past_the_per_client_limit_and_evict_the_oldest_past_the_cap():
+    reasons: list[str] = []
+    closed: list[str] = []
+    pending = PendingSockets(limit=3, per_client=2, on_reject=reasons.append)
+
+    def socket(name: str):
+        async def evict() -> None:
+            closed.append(name)
+        return evict
+
+    async def main() -> None:
+        async with pending.waiting("ip:a", socket("a1")), pending.waiting("ip:a", socket("a2")):
+            with pytest.raises(ProtocolError) as refused:
+                async with pending.waiting("ip:a", socket("a3")):
+                    pass
+            assert refused.value.code == "too_many_pending"
+            assert refused.value.close_code == 1013 and "limit 2" in refused.value.message
+            async with pending.waiting("ip:b", socket("b1")):
+                assert len(pending) == 3 and closed == []
+                async with pending.waiting("ip:c", socket("c1")):  # full: the oldest goes
+                    assert closed == ["a1"] and len(pending) == 3
+        assert len(pending) == 0
+        async with pending.waiting("ip:a", socket("a4")), pending.waiting("ip:a", socket("a5")):
+            pass  # the client's places came back
+
+    asyncio.run(main())
+    assert reasons == ["pending_limit", "pending_evicted"]
+
+
+def upload_app(seen: list[int]) -> Starlette:
+    async def upload(request: Request) -> PlainTextResponse:
+        body = await request.body()
+        seen.append(len(body))
+        return PlainTextResponse(str(len(body)))
+
+    return Starlette(routes=[Route("/v1/audio/up", upload, methods=["POST"]),
+                             Route("/other", upload, methods=["POST"])])
+
+
+def call(app, body_parts: list[bytes], delay_s: float = 0.0, path: str = "/v1/audio/up"):
+    """Drive the ASGI app directly: the body arrives in parts, `delay_s` apart."""
+    sent: list[dict] = []
+    parts = list(body_parts)
+
+    async def receive() -> dict:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        chunk = parts.pop(0) if parts else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(parts)}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [],
+             "query_string": b"", "asgi": {"version": "3.0"}}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], body
+
+
+def test_upload_guard_bounds_a_body_by_time_and_by_bytes_on_upload_paths_only():
+    seen: list[int] = []
+    reasons: list[str] = []
+    guard = UploadGuard(upload_app(seen), ("/v1/audio/",), max_bytes=100, timeout_s=0.3,
+                        on_reject=reasons.append)
+    assert call(guard, [b"x" * 40, b"y" * 40]) == (200, b"80")
+    # A few bytes at a time, too slowly: cut off at the deadline, never handed to the route.
+    status, body = call(guard, [b"z"] * 20, delay_s=0.05)
+    assert status == 408 and b'"upload_timeout"' in body
+    status, body = call(guard, [b"x" * 60, b"y" * 60, b"never read"])
+    assert status == 413 and b'"file_too_large"' in body
+    assert call(guard, [b"x" * 60, b"y" * 60], path="/other") == (200, b"120")
+    assert seen == [80, 120] and reasons == ["upload_timeout", "upload_too_large"]

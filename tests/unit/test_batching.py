@@ -59,6 +59,23 @@ def test_compatible_requests_share_a_batch_oldest_first_up_to_the_cap():
     s.close()
 
 
+def test_windows_due_later_wait_behind_the_ones_due_now_and_ride_along_where_there_is_room():
+    """A stream sent ahead of real time submits windows due only later (pacing.py): they run
+    after every window due now, filling its batches' spare places, and count in no depth."""
+    runner = Runner()
+    s = scheduler(runner, max_batch=3)
+    first = blocked(runner, s)
+    later = time.monotonic() + 60
+    ahead = [s.submit(("a", n), deadline=later + n) for n in (1, 2, 3)]
+    live = [s.submit(("a", 10)), s.submit(("b", 10))]
+    assert s.depth == 2  # the windows due in a minute make nobody's step longer
+    runner.gate.set()
+    wait([first, *ahead, *live], timeout=10)
+    assert runner.batches == [[("a", 0)], [("a", 10), ("a", 1), ("a", 2)], [("b", 10)],
+                              [("a", 3)]]
+    s.close()
+
+
 def test_the_request_heading_a_batch_sets_how_many_may_share_it():
     """Long windows need more working memory per window: fewer of them share a batch."""
     runner = Runner()

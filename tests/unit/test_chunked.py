@@ -20,18 +20,20 @@ class ChunkModel:
     """Stands in for WhisperModel.transcribe: records each call and answers one segment from
     0.5 s to 0.5 s before the end of the audio it was given, with tokens naming the call."""
 
-    def __init__(self, silent_calls: tuple[int, ...] = ()) -> None:
+    def __init__(self, silent_calls: tuple[int, ...] = (), escape_s: float = 0.0) -> None:
         self.model = SimpleNamespace(is_multilingual=True)
         self.calls: list[dict] = []
         self.silent_calls = silent_calls
+        self.escape_s = escape_s  # end the segment (and its last word) this far past the audio
 
     def transcribe(self, audio, **options):
         self.calls.append({"samples": len(audio), **options})
         n = len(self.calls)
-        end = len(audio) / RATE - 0.5
-        word = SimpleNamespace(start=0.6, end=1.0, word=" w", probability=0.9)
+        end = len(audio) / RATE - 0.5 + self.escape_s
+        words = [SimpleNamespace(start=0.6, end=1.0, word=" w", probability=0.9),
+                 SimpleNamespace(start=1.0, end=end, word=" x", probability=0.9)]
         segments = [] if n in self.silent_calls else [SimpleNamespace(
-            id=1, start=0.5, end=end, text=f" chunk {n}", words=[word], avg_logprob=-0.1,
+            id=1, start=0.5, end=end, text=f" chunk {n}", words=words, avg_logprob=-0.1,
             no_speech_prob=0.0, compression_ratio=1.0, temperature=0.0, tokens=[100 + n, 200 + n])]
         return iter(segments), SimpleNamespace(language="de", language_probability=0.875)
 
@@ -71,6 +73,20 @@ def test_chunks_are_cut_in_silence_and_their_times_and_ids_run_on():
     assert result.segments[-1].end == pytest.approx(len(audio) / RATE - 0.5)
     assert result.duration == pytest.approx(len(audio) / RATE)
     assert progress == sorted(progress) and progress[-1] == pytest.approx(result.duration)
+
+
+def test_an_end_that_escapes_its_chunk_is_clamped_to_the_chunk_with_its_words():
+    """A segment's end is a timestamp token the model wrote: under MKL, tiny.en ended one 7 s
+    past its 30 s chunk, over the next chunk's first segment (en_long)."""
+    audio = speech_like(70.0)
+    model = ChunkModel(escape_s=7.5)
+    result = decode_chunks(decoder_for(model), chunked(audio, 20.0), TranscribeOptions())
+    ends = np.cumsum([c["samples"] for c in model.calls]) / RATE
+    assert [s.end for s in result.segments] == pytest.approx(ends)
+    assert [s.words[-1].end for s in result.segments] == pytest.approx(ends)
+    assert [s.text for s in result.segments] == [f" chunk {n}" for n in range(1, 5)]
+    for before, after in zip(result.segments, result.segments[1:]):
+        assert before.end <= after.start
 
 
 def test_each_chunk_is_prompted_with_the_text_before_it_in_the_first_language():

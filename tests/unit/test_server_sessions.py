@@ -12,29 +12,55 @@ from whisper_service.server.errors import ProtocolError
 from whisper_service.server.service import Sessions
 
 
-def sessions(limit: int = 4, max_lag_s: float = 2.0) -> Sessions:
+def sessions(limit: int = 4, max_lag_s: float = 2.0, per_client: int = 0) -> Sessions:
     manager = SimpleNamespace(load_counts=MappingProxyType({}), pipelines={},
                               stats=lambda: {"loaded": {}})
-    return Sessions(limit, max_lag_s, Metrics(manager))
+    return Sessions(limit, max_lag_s, Metrics(manager), per_client=per_client)
 
 
-def test_new_sessions_are_refused_while_open_ones_lag_then_admitted_again():
+def test_new_sessions_are_refused_while_the_server_is_late_then_admitted_again():
     s = sessions()
+    late = {"a": 5.0, "b": 0.5}  # mean 2.75 s > 2 s
     with s.open() as (a, _), s.open() as (b, _):
-        s.report_lag(a, 5.0)
-        s.report_lag(b, 0.5)  # mean 2.75 s > 2 s
+        s.watch(a, lambda: late["a"])
+        s.watch(b, lambda: late["b"])
         with pytest.raises(ProtocolError) as refused:
             with s.open():
                 pass
-        assert refused.value.code == "server_busy" and "lag 2.8 s" in refused.value.message
+        assert refused.value.code == "server_busy" and "2.8 s behind" in refused.value.message
         text = s.metrics.render().decode()
         assert f'whisper_session_lag_seconds{{session="{a}"}} 5.0' in text
         assert 'whisper_rejected_total{reason="lagging"} 1.0' in text
-        s.report_lag(a, 1.0)  # caught up: mean 0.75 s
+        late["a"] = 1.0  # caught up, read live: mean 0.75 s
         with s.open() as (c, _):
             assert len(s) == 3
     assert len(s) == 0 and s.mean_lag_s == 0.0
     assert "whisper_session_lag_seconds{" not in s.metrics.render().decode()
+
+
+def test_a_session_whose_client_left_stops_counting_at_once():
+    s = sessions()
+    with s.open() as (a, _):
+        s.watch(a, lambda: 60.0)  # a burst nobody will read any more
+        s.forget(a)  # the client left; its handler is still winding down
+        with s.open():
+            assert s.mean_lag_s == 0.0
+    assert "whisper_session_lag_seconds{" not in s.metrics.render().decode()
+
+
+def test_one_client_may_hold_only_its_share_of_the_sessions():
+    s = sessions(per_client=2)
+    with s.open("ip:a"), s.open("ip:a"):
+        with pytest.raises(ProtocolError) as refused:
+            with s.open("ip:a"):
+                pass
+        assert refused.value.code == "too_many_streams" and refused.value.close_code == 1013
+        assert "limit 2" in refused.value.message
+        with s.open("ip:b"), s.open("key:k"):  # other clients are served
+            assert len(s) == 4
+    with s.open("ip:a"), s.open("ip:a"):  # given back when the sessions end
+        pass
+    assert 'whisper_rejected_total{reason="client_streams"} 1.0' in s.metrics.render().decode()
 
 
 def test_the_count_limit_still_holds():

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+import time
 import wave
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from whisper_service.streaming import (
     BLOCK,
     PREROLL,
     LocalAgreement,
+    SessionCancelled,
     StreamEvent,
     StreamingSession,
     StreamOptions,
@@ -103,13 +106,41 @@ def test_reset_forgets_the_hypothesis_but_not_the_committed_end():
     assert la.last_committed_end == pytest.approx(0.9)
     # "three" was only tentative: after a reset it needs two agreeing hypotheses again.
     assert la.update([sw(1.0, "three")]) == []
-    assert texts(la.update([sw(1.0, "three")])) == ["three"]
+    assert texts(la.update([sw(1.0, "three"), sw(1.5, "four")])) == ["three"]
+
+
+def glued(start: float, text: str) -> Word:
+    """A word Whisper wrote without a space before it: it continues the word before it."""
+    return Word(start, start + 0.4, text, 0.9)
+
+
+def test_a_final_never_ends_inside_a_word():
+    """ "ill" "-disposed" and "didn" "'t" are one word each: a final that ended between the
+    parts would read "ill -disposed" once finals are joined with spaces."""
+    la = LocalAgreement()
+    hyp = [sw(0.0, "an"), sw(0.5, "ill"), glued(1.0, "-disposed"), sw(1.5, "man")]
+    la.update(hyp[:3])
+    assert texts(la.update(hyp[:3])) == ["an"]  # "ill" waits for the end of its word
+    assert texts(la.update(hyp[1:])) == ["ill", "-disposed"]  # words after the committed
+    la = LocalAgreement()
+    la.update([sw(0.0, "I"), sw(0.5, "didn"), sw(1.0, "know")])
+    # Agreed up to "didn", but the newer hypothesis goes on inside that word.
+    assert texts(la.update([sw(0.0, "I"), sw(0.5, "didn"), glued(1.0, "'t")])) == ["I"]
+
+
+def test_an_agreed_word_with_nothing_after_it_waits_unless_punctuation_ends_it():
+    la = LocalAgreement()
+    la.update([sw(0.0, "the"), sw(0.5, "ill")])
+    assert texts(la.update([sw(0.0, "the"), sw(0.5, "ill")])) == ["the"]
+    la = LocalAgreement()
+    la.update([sw(0.0, "the"), sw(0.5, "dog.")])
+    assert texts(la.update([sw(0.0, "the"), sw(0.5, "dog.")])) == ["the", "dog."]
 
 
 def test_the_later_hypothesis_supplies_the_committed_words():
     la = LocalAgreement()
-    la.update([sw(0.0, "one"), sw(0.5, "two")])
-    committed = la.update([sw(0.02, "One,"), sw(0.52, "two")])
+    la.update([sw(0.0, "one"), sw(0.5, "two"), sw(1.0, "three")])
+    committed = la.update([sw(0.02, "One,"), sw(0.52, "two"), sw(1.02, "free")])
     assert [(w.start, w.word) for w in committed] == [(0.02, " One,"), (0.52, " two")]
 
 
@@ -195,6 +226,7 @@ class GridDecoder:
         self.checked.append(options)
 
     pressure = 1.0  # what `load()` reports: the scheduler's queue, as a step multiplier
+    relabel_prefix = True  # the forced prefix's words come back as its text has them
 
     def load(self) -> float:
         return self.pressure
@@ -245,9 +277,10 @@ class GridDecoder:
         self.calls.append(Call(t0, len(audio) / SR, prompt_text(request.options.initial_prompt),
                                request.options))
         heard = self.words(t0, t1)
-        # Like Whisper, the forced prefix comes back as the first words of the window.
-        forced = (request.options.prefix or "").split()
-        heard = [(a, b, " " + f) for (a, b, _), f in zip(heard, forced)] + heard[len(forced):]
+        if self.relabel_prefix:
+            # Like Whisper, the forced prefix comes back as the first words of the window.
+            forced = (request.options.prefix or "").split()
+            heard = [(a, b, " " + f) for (a, b, _), f in zip(heard, forced)] + heard[len(forced):]
         segments: list[list[Word]] = []
         for a, b, text in heard:
             if not segments or len(segments[-1]) == 4 or text.endswith(" alpha"):
@@ -275,6 +308,19 @@ class UnstableDecoder(GridDecoder):
         n = len(self.calls)
         return [(a, b, text if a < self.after else f" x{round(a / WORD_S)}v{n}")
                 for a, b, text in self.heard(t0, t1)]
+
+
+class GlueDecoder(GridDecoder):
+    """Writes every fourth word without a space before it, as Whisper writes the second part
+    of "ill-disposed" or "didn't", except at the start of a window (where Whisper writes the
+    space)."""
+
+    relabel_prefix = False  # the same audio gives the same words, prefix or not
+
+    def words(self, t0, t1):
+        words = self.heard(t0, t1)
+        return [(a, b, text.replace(" w", "-w") if i and round(a / WORD_S) % 4 == 3 else text)
+                for i, (a, b, text) in enumerate(words)]
 
 
 PHRASE = (" alpha", " beta", " gamma")
@@ -424,6 +470,22 @@ def test_finals_are_time_ordered_non_overlapping_and_complete(passage, tiny_en_t
     assert session.stats["finals"] == len(done)
     assert session.stats["decodes"] == len(decoder.calls)
     assert session.stats["audio_s"] == pytest.approx(len(pcm) / SR)
+
+
+@pytest.mark.parametrize("max_buffer_s", [6.0, 15.0])
+def test_finals_join_with_spaces_into_the_text_as_decoded(passage, tiny_en_tokenizer,
+                                                          max_buffer_s):
+    """No final starts inside a word, so finals joined with spaces (docs/protocol.md) read
+    as the model wrote them: "ill-disposed", not "ill -disposed"."""
+    pcm = build(passage, 0.7, passage)
+    session, events = run(GlueDecoder(pcm), pcm, tiny_en_tokenizer,
+                          stream_options(max_buffer_s=max_buffer_s))
+    done = finals(events)
+    words = final_words(events)
+    assert sum(not w.word.startswith(" ") for w in words) >= 10  # glued words were committed
+    assert all(e.words[0].word.startswith(" ") for e in done)
+    assert " ".join(e.text for e in done) == "".join(w.word for w in words).strip()
+    assert session.transcript == " ".join(e.text for e in done)
 
 
 def test_partials_are_the_uncommitted_tail(passage, tiny_en_tokenizer):
@@ -942,3 +1004,74 @@ def test_discard_drops_the_rest_of_the_turn_without_decoding_it(passage, tiny_en
     assert len(decoder.calls) == calls  # nothing more was decoded
     assert [e.type for e in dropped] == ["partial", "speech_end"] and dropped[0].text == ""
     assert session.end_turn() == [] and session.discard() == []  # no turn left to end
+
+
+class QueuedDecoder(GridDecoder):
+    """Queues every decode as a scheduler would, and answers only when told to (`release`)."""
+
+    def __init__(self, stream: np.ndarray) -> None:
+        super().__init__(stream)
+        self.queued: list[tuple[DecodeRequest, Future]] = []
+        self.submitted = threading.Event()
+
+    def submit(self, request: DecodeRequest) -> Future:
+        future: Future = Future()
+        self.queued.append((request, future))
+        self.submitted.set()
+        return future
+
+    def release(self) -> None:
+        for request, future in self.queued:
+            if future.set_running_or_notify_cancel():
+                future.set_result(self.decode(request))
+        self.queued.clear()
+
+
+def test_a_cancelled_session_stops_its_push_and_withdraws_its_queued_decode(passage,
+                                                                             tiny_en_tokenizer):
+    """The client left in the middle of a burst: the push stops at once, the decode it waited
+    for never runs, and the session no longer counts as late."""
+    pcm = build(passage, 0.7, passage)
+    decoder = QueuedDecoder(pcm)
+    session = StreamingSession(decoder, init_context(tiny_en_tokenizer),
+                               stream_options(max_buffer_s=6), vad_model=get_vad_model())
+    outcome: list[BaseException] = []
+
+    def push_all() -> None:
+        try:
+            session.push(pcm)  # all of it at once, as a reconnect replays its buffer
+        except BaseException as exc:  # noqa: BLE001 - the test reads what ended the push
+            outcome.append(exc)
+
+    worker = threading.Thread(target=push_all)
+    worker.start()
+    assert decoder.submitted.wait(10)
+    assert session.lateness() > 0 or session.heard < len(pcm)
+    session.cancel()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert [type(e) for e in outcome] == [SessionCancelled]
+    assert [f.cancelled() for _, f in decoder.queued] == [True]
+    decoder.release()
+    assert decoder.calls == []  # no decode ran for a client that left
+    assert session.lateness() == 0.0
+    with pytest.raises(SessionCancelled):
+        session.push(pcm[:BLOCK])
+
+
+def test_windows_are_due_when_their_audio_is(passage, tiny_en_tokenizer):
+    """Each decode carries the moment its newest audio was due (Pacing.due), so the scheduler
+    serves a burst's windows after the live ones."""
+    pcm = build(passage)
+    decoder = GridDecoder(pcm)
+    session = StreamingSession(decoder, init_context(tiny_en_tokenizer), stream_options(),
+                               vad_model=get_vad_model())
+    deadlines: list[float | None] = []
+    original = decoder.submit
+    decoder.submit = lambda request: deadlines.append(request.deadline) or original(request)
+    started = time.monotonic()
+    session.pacing.arrived(len(pcm), started)
+    session.push(pcm)
+    assert len(deadlines) >= 2 and deadlines == sorted(deadlines)
+    # Sent at once: the last window's audio is due a whole passage's time from now.
+    assert deadlines[-1] - started > 0.8 * len(pcm) / SR

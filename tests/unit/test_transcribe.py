@@ -105,9 +105,10 @@ class LazyModel:
 
 def test_segments_are_handed_on_as_each_window_is_decoded_with_the_hotwords(
         tiny_en_tokenizer):
-    """An upload's events come window by window: each segment reaches `on_segment` before the
-    next window is decoded, on the file's timeline, numbered on; every
-    chunk's decode gets the hotwords."""
+    """An upload's events come window by window: each segment reaches `on_segment` as soon as
+    the next one is known (its end may have to be clamped to the next one's start: see
+    timeline.ordered), and the chunk's last one when the chunk is done, on the file's
+    timeline, numbered on; every chunk's decode gets the hotwords."""
     log: list[str] = []
     model = LazyModel(log, tiny_en_tokenizer)
     loaded = LoadedModel(ModelKey("fake.en", "cpu", "int8"), model, Path("."), 0.0)
@@ -120,8 +121,8 @@ def test_segments_are_handed_on_as_each_window_is_decoded_with_the_hotwords(
 
     options = TranscribeOptions(language="en", hotwords="Katelynn Smyth")
     result = decode_chunks(Decoder(loaded), chunks, options, on_segment=on_segment)
-    assert log == ["decoded 1.0", "sent w1.0", "decoded 1.1", "sent w1.1",
-                   "decoded 2.0", "sent w2.0", "decoded 2.1", "sent w2.1"]
+    assert log == ["decoded 1.0", "decoded 1.1", "sent w1.0", "sent w1.1",
+                   "decoded 2.0", "decoded 2.1", "sent w2.0", "sent w2.1"]
     assert tuple(got) == result.segments and [s.id for s in got] == [1, 2, 3, 4]
     cut = model.calls[0]["samples"] / 16000  # the first chunk ends in its quietest stretch
     assert [s.start for s in got] == pytest.approx([0.5, 1.5, cut + 0.5, cut + 1.5])

@@ -12,6 +12,7 @@ from tests.conftest import DATA, read_wav
 from whisper_service.audio import as_float32
 from whisper_service.vad import (
     MODEL_PATH,
+    SILERO_WINDOW,
     VadEvent,
     VADIterator,
     VadOptions,
@@ -19,7 +20,7 @@ from whisper_service.vad import (
 )
 
 SR = 16000
-WINDOW = 512
+WINDOW = SILERO_WINDOW
 
 
 def load(name: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from ..registry import ModelNotFoundError
 from ..transcribe import warm_up
 from ..vad import get_vad_model
 from . import health, openai, realtime, stream, tickets
-from .admission import RateLimitMiddleware
+from .admission import UPLOAD_ENVELOPE_BYTES, RateLimitMiddleware, UploadGuard
 from .auth import ApiKeyMiddleware
 from .errors import (
     ApiError,
@@ -42,6 +42,10 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         app.add_middleware(RateLimitMiddleware, limiter=service.rate_limit,
                            prefixes=("/v1/audio/", "/v1/stream/ticket"),
                            on_reject=service.metrics.rejected.labels("rate_limited").inc)
+    app.add_middleware(UploadGuard, prefixes=("/v1/audio/",),
+                       max_bytes=settings.max_upload_bytes + UPLOAD_ENVELOPE_BYTES,
+                       timeout_s=settings.upload_timeout_s,
+                       on_reject=lambda reason: service.metrics.rejected.labels(reason).inc())
     app.add_middleware(ApiKeyMiddleware, api_key=service.api_key,
                        on_reject=service.metrics.rejected.labels("unauthorized").inc)
     app.add_exception_handler(ApiError, api_error_handler)

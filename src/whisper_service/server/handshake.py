@@ -1,14 +1,18 @@
-"""What both WebSocket protocols (`/v1/stream`, `/v1/realtime`) do before their first message
-(refuse while draining, then, once accepted, check the key and the rate limit), and how both
-end a socket on an error."""
+"""What both WebSocket protocols (`/v1/stream`, `/v1/realtime`) do before their session opens
+(refuse while draining; once accepted, check the key and the rate limit; then wait, in a
+bounded waiting place, for the first message within `config_timeout_s`), and how both end a
+socket on an error."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from .admission import client_id
 from .errors import ProtocolError, error_response
 from .service import Service
 
@@ -40,6 +44,32 @@ def admit(ws: WebSocket, service: Service) -> None:
     if wait:
         service.metrics.rejected.labels("rate_limited").inc()
         raise ProtocolError("rate_limited", service.rate_limit.explain(wait), 1013)
+
+
+EVICTED = ProtocolError("config_timeout", "no config yet while too many sockets waited for "
+                        "theirs: closed to make room; send the config right after opening",
+                        1008)
+
+
+async def first_message(ws: WebSocket, service: Service,
+                        evict: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    """The socket's first message, read while it holds a waiting place (`PendingSockets`),
+    not a session slot. `evict` closes this socket (with `EVICTED`, in its protocol's
+    shape) if the waiting places run out while it waits: its read then ends with the
+    disconnect. Raises ProtocolError `config_timeout` (1008) when no message came within
+    `config_timeout_s`, `too_many_pending` (1013) when this client has too many sockets
+    waiting, and WebSocketDisconnect."""
+    timeout = service.settings.config_timeout_s
+    async with service.pending.waiting(client_id(ws), evict):
+        try:
+            message = await asyncio.wait_for(ws.receive(), timeout)
+        except TimeoutError:
+            service.metrics.rejected.labels("config_timeout").inc()
+            raise ProtocolError("config_timeout", f"no config within {timeout:g} s of "
+                                "opening", 1008) from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message
 
 
 async def close_with_error(ws: WebSocket, error: ProtocolError,

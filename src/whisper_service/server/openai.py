@@ -37,6 +37,7 @@ from ..transcribe import (
     Transcript,
     prompt_tokens,
 )
+from .admission import UPLOAD_ENVELOPE_BYTES
 from .errors import ApiError
 from .service import Service, get_service
 from .sse import STREAMED_FORMATS, ClientGone, TranscriptStream
@@ -169,7 +170,7 @@ async def _stream_upload(service: Service, request: Request, file: UploadFile,
 async def _read_upload(request: Request, file: UploadFile, limit: int) -> bytes:
     """The upload's bytes, refused early by its declared length, and again by what came."""
     length = int(request.headers.get("content-length") or 0)
-    if length > limit + 64 * 1024:  # room for the multipart envelope and form fields
+    if length > limit + UPLOAD_ENVELOPE_BYTES:
         raise ApiError(413, "file_too_large", f"upload exceeds {limit} bytes")
     data = await file.read(limit + 1)
     if len(data) > limit:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,9 @@ from ..realtime_protocol import (
 )
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession, StreamOptions
-from .handshake import admit, close_with_error, refused_while_draining
+from .admission import client_id
+from .feeding import push, wait_for_room
+from .handshake import EVICTED, admit, close_with_error, first_message, refused_while_draining
 from .service import Service, get_service
 
 router = APIRouter()
@@ -45,6 +48,7 @@ router = APIRouter()
 @dataclass(frozen=True)
 class Append:
     samples: np.ndarray  # 16 kHz mono float32
+    arrived_at: float  # time.monotonic() when it came off the socket
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class RealtimeHandler:
         self.turns = Turns(server_vad=True, utterances=self.settings.utterances)
         self.offset_s = 0.0  # audio heard by the sessions before this one
         self.received_s = 0.0  # audio read from the socket
+        self.dropped_s = 0.0  # audio no session heard (none could open)
         self.uncommitted_s = 0.0  # audio since the last turn ended
         self._resampler = Resampler(self.config.rate)
         self._g711: av.CodecContext | None = None
@@ -101,12 +106,16 @@ class RealtimeHandler:
             if intent != "transcription":
                 raise ProtocolError("unsupported_intent", f"intent {intent!r} is not served "
                                     "here; only transcription sessions (intent=transcription)")
-            with self.service.sessions.open() as (session_id, finish):
-                self.session_id = f"sess_{session_id}"
+            # `created` comes at once, as OpenAI's does; the session starts with the first
+            # event, which must come within `config_timeout_s`.
+            key = uuid.uuid4().hex[:12]
+            self.session_id = f"sess_{key}"
+            await self._send(server_event(self._kind("created"), session=self._session_object()))
+            first = await first_message(self.ws, self.service,
+                                        lambda: self._close_with_error(EVICTED))
+            with self.service.sessions.open(client_id(self.ws), key) as (_, finish):
                 try:
-                    await self._send(server_event(self._kind("created"),
-                                                  session=self._session_object()))
-                    await self._serve(finish)
+                    await self._serve(finish, first)
                 finally:
                     if self.session is not None:
                         self.session.close()
@@ -117,8 +126,9 @@ class RealtimeHandler:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    async def _serve(self, finish: asyncio.Event) -> None:
+    async def _serve(self, finish: asyncio.Event, first: dict[str, Any]) -> None:
         queue: asyncio.Queue[Item | None] = asyncio.Queue()
+        queue.put_nowait(self._parse(first))
         reader = asyncio.create_task(self._read(queue))
         finisher = asyncio.create_task(finish.wait())
         started = time.monotonic()
@@ -127,7 +137,7 @@ class RealtimeHandler:
                 items = await self._next_items(queue, reader, finisher)
                 if items is None:
                     return await self._finish("server shutting down", 1001)
-                await self._handle([i for i in items if i is not None])
+                await self._handle([i for i in items if i is not None], reader)
                 if None in items:
                     await self._send(RealtimeError(
                         "idle_timeout", f"no event for {self.settings.idle_timeout_s:.0f} s",
@@ -180,15 +190,15 @@ class RealtimeHandler:
             self._decode_wait = (running, asyncio.wrap_future(running))
         return self._decode_wait[1] if self._decode_wait else None
 
-    async def _handle(self, items: list[Item]) -> None:
+    async def _handle(self, items: list[Item], reader: asyncio.Task) -> None:
         """In order; runs of appended audio are pushed as one chunk, as `/v1/stream` does."""
-        audio: list[np.ndarray] = []
+        audio: list[Append] = []
         for item in [*items, None]:
             if isinstance(item, Append):
-                audio.append(item.samples)
+                audio.append(item)
                 continue
             if audio:
-                await self._push(np.concatenate(audio))
+                await self._push(audio, reader)
                 audio = []
             if isinstance(item, Failed):
                 await self._send(item.error.event(item.event_id))
@@ -198,9 +208,11 @@ class RealtimeHandler:
                 except RealtimeError as exc:
                     await self._send(exc.event(item.event.get("event_id")))
 
-    async def _push(self, samples: np.ndarray) -> None:
+    async def _push(self, audio: list[Append], reader: asyncio.Task) -> None:
+        samples = np.concatenate([item.samples for item in audio])
         if self.session is None:
             if self._refused is not None and self._refused.code != "server_busy":
+                self.dropped_s += len(samples) / SAMPLE_RATE
                 return  # said once; the audio is dropped until a session.update fixes it
             try:
                 await self._open()
@@ -208,14 +220,18 @@ class RealtimeHandler:
                 told, self._refused = self._refused, exc
                 if told is None:  # a busy server is retried with the next audio, said once
                     await self._send(exc.event())
+                self.dropped_s += len(samples) / SAMPLE_RATE
                 return
             self._refused = None
         session = self.session
+        for item in audio:
+            session.pacing.arrived(len(item.samples), item.arrived_at)
         self.uncommitted_s += len(samples) / SAMPLE_RATE
-        behind = self.received_s - self.offset_s - session.stats["audio_s"] + session.lag_s
-        self.service.sessions.report_lag(self.session_id.removeprefix("sess_"), behind)
+        key = self.session_id.removeprefix("sess_")
+        self.service.sessions.report_lag(key)
         self.service.metrics.audio_seconds.labels("stream").inc(len(samples) / SAMPLE_RATE)
-        await self._forward(await run_in_threadpool(session.push, samples))
+        await self._forward(await push(session, samples, reader,
+                                       lambda: self.service.sessions.forget(key)))
         if session.utterances_due:
             await self._forward(await run_in_threadpool(session.decode_utterances))
 
@@ -265,6 +281,8 @@ class RealtimeHandler:
         self.turns = Turns(server_vad=config.turn_detection is not None,
                            utterances=options.utterances, offset_s=self.offset_s,
                            previous_item=self.turns.previous_item)
+        self.service.sessions.watch(self.session_id.removeprefix("sess_"),
+                                    self.session.lateness)
 
     def _model(self, config: RealtimeConfig) -> str:
         try:
@@ -297,6 +315,7 @@ class RealtimeHandler:
     async def _read(self, queue: asyncio.Queue[Item | None]) -> None:
         timeout = self.settings.idle_timeout_s
         while True:
+            await wait_for_room(self._ahead_s, self.settings.max_ahead_s)
             try:
                 message = await asyncio.wait_for(self.ws.receive(), timeout)
             except TimeoutError:
@@ -304,6 +323,11 @@ class RealtimeHandler:
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
             await queue.put(self._parse(message))
+
+    def _ahead_s(self) -> float:
+        """Audio received (queued or pushed) that no session has heard yet."""
+        heard = self.session.heard / SAMPLE_RATE if self.session is not None else 0.0
+        return self.received_s - self.dropped_s - self.offset_s - heard
 
     def _parse(self, message: dict[str, Any]) -> Item:
         text = message.get("text")
@@ -330,7 +354,7 @@ class RealtimeHandler:
             except AudioError as exc:
                 return Failed(RealtimeError("invalid_audio", str(exc), "audio"), event_id)
             self.received_s += len(samples) / SAMPLE_RATE
-            return Append(samples)
+            return Append(samples, time.monotonic())
         if kind in (*UPDATES, "input_audio_buffer.commit", "input_audio_buffer.clear"):
             return Control(event)
         return Failed(RealtimeError("unsupported_event", f"event type {kind!r} is not served "

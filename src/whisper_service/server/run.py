@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
 
@@ -34,6 +36,15 @@ class DrainingServer(uvicorn.Server):
     async def _drain_then_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
         await self.service.sessions.drain()
         super().handle_exit(sig, frame)
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn raises the signal again once it has shut down, so Ctrl-C ended `serve`
+        with click's "Aborted!" and status 1 (and `make run` with an error). A stop asked
+        for by a signal is a clean stop: status 0."""
+        with super().capture_signals():
+            yield
+            getattr(self, "_captured_signals", []).clear()
 
 
 def run(settings: Settings, log_level: str = "info") -> None:

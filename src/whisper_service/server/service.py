@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from ..config import Settings
 from ..metrics import Metrics
 from ..models import ModelManager
 from ..registry import BUNDLED, ModelNotFoundError
-from .admission import FileAdmission, RateLimiter
+from .admission import FileAdmission, PendingSockets, RateLimiter
 from .auth import ApiKey
 from .errors import ProtocolError
 
@@ -27,16 +28,19 @@ OPENAI_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
 
 class Sessions:
     """The open streaming sessions, each with a "finish now" signal for a graceful drain, and
-    how far each lags behind its client's audio (for /metrics and for admission)."""
+    how late the server is with each (`StreamingSession.lateness`: for /metrics and for
+    admission)."""
 
     def __init__(self, limit: int, max_lag_s: float, metrics: Metrics,
-                 drain_timeout_s: float = 10.0) -> None:
+                 drain_timeout_s: float = 10.0, per_client: int = 0) -> None:
         self.limit, self.max_lag_s, self.metrics = limit, max_lag_s, metrics
+        self.per_client = per_client  # sessions one client may have open (0: no limit)
+        self._clients: Counter[str] = Counter()
         self.drain_timeout_s = drain_timeout_s
         self.draining = False  # set once on SIGTERM: /ready turns 503, new streams go elsewhere
         self._drain_deadline: float | None = None
         self._finish: dict[str, asyncio.Event] = {}
-        self._lag: dict[str, float] = {}
+        self._lateness: dict[str, Callable[[], float]] = {}
 
     def __len__(self) -> int:
         return len(self._finish)
@@ -47,18 +51,37 @@ class Sessions:
 
     @property
     def mean_lag_s(self) -> float:
-        return sum(self._lag.values()) / len(self._lag) if self._lag else 0.0
+        """How late the server is, on average over the open sessions, read now."""
+        late = [lateness() for lateness in list(self._lateness.values())]
+        return sum(late) / len(late) if late else 0.0
 
-    def report_lag(self, session_id: str, lag_s: float) -> None:
-        self._lag[session_id] = lag_s
-        self.metrics.session_lag.labels(session_id).set(lag_s)
+    def watch(self, session_id: str, lateness: Callable[[], float]) -> None:
+        """Count this session's lateness from now on (once its stream has started)."""
+        self._lateness[session_id] = lateness
+        self.report_lag(session_id)
+
+    def forget(self, session_id: str) -> None:
+        """Stop counting a session (its client left): it makes nobody wait from now on."""
+        if self._lateness.pop(session_id, None) is not None:
+            self.metrics.session_lag.remove(session_id)
+
+    def report_lag(self, session_id: str) -> None:
+        """Bring the session's series in /metrics up to date."""
+        lateness = self._lateness.get(session_id)
+        if lateness is not None:
+            self.metrics.session_lag.labels(session_id).set(lateness())
 
     @contextmanager
-    def open(self) -> Iterator[tuple[str, asyncio.Event]]:
+    def open(self, client: str = "",
+             session_id: str | None = None) -> Iterator[tuple[str, asyncio.Event]]:
         """Register a session for as long as the block runs. Refuse one past the count limit,
-        or while the open ones already lag behind their audio: the decode capacity is spent,
-        whatever the count (the capacity measured in bench/capacity.py depends on the model,
-        the machine and how much the clients speak). Refuse any while draining."""
+        or while the server is late with the open ones, on average, by more than `max_lag_s`:
+        the decode capacity is spent, whatever the count (the capacity measured in
+        bench/capacity.py depends on the model, the machine and how much the clients speak).
+        Late means audio that was due and is still unheard (pacing.py): a client that sends
+        ahead of real time does not make the server late, nor does one that left. Refuse one
+        past `per_client` sessions of the same client (`admission.client_id`). Refuse any
+        while draining."""
         if self.draining:
             self.metrics.rejected.labels("draining").inc()
             raise ProtocolError("shutting_down", "server shutting down; reconnect", 1001)
@@ -66,20 +89,28 @@ class Sessions:
             self.metrics.rejected.labels("busy").inc()
             raise ProtocolError("server_busy", f"server busy: {self.limit} streaming sessions "
                                 "open; retry later", 1013)
+        if client and self.per_client and self._clients[client] >= self.per_client:
+            self.metrics.rejected.labels("client_streams").inc()
+            raise ProtocolError("too_many_streams", f"too many streams open from this client "
+                                f"(limit {self.per_client}); close one or retry later", 1013)
         if self.mean_lag_s > self.max_lag_s:
             self.metrics.rejected.labels("lagging").inc()
-            raise ProtocolError("server_busy", f"server busy: open streams lag "
-                                f"{self.mean_lag_s:.1f} s behind their audio; retry later", 1013)
-        session_id, finish = uuid.uuid4().hex[:12], asyncio.Event()
+            raise ProtocolError("server_busy", f"server busy: open streams are "
+                                f"{self.mean_lag_s:.1f} s behind their live audio; retry later",
+                                1013)
+        session_id, finish = session_id or uuid.uuid4().hex[:12], asyncio.Event()
         self._finish[session_id] = finish
+        self._clients[client] += 1
         self.metrics.active_sessions.inc()
         self.metrics.sessions.inc()
         try:
             yield session_id, finish
         finally:
             del self._finish[session_id]
-            if self._lag.pop(session_id, None) is not None:
-                self.metrics.session_lag.remove(session_id)
+            self._clients[client] -= 1
+            if not self._clients[client]:
+                del self._clients[client]
+            self.forget(session_id)
             self.metrics.active_sessions.dec()
 
     async def drain(self, timeout: float | None = None) -> None:
@@ -105,12 +136,17 @@ class Service:
     api_key: ApiKey = field(init=False)
     files: FileAdmission = field(init=False)
     rate_limit: RateLimiter = field(init=False)
+    pending: PendingSockets = field(init=False)
 
     def __post_init__(self) -> None:
         self.api_key = ApiKey.from_settings(self.settings)
         self.metrics = Metrics(self.manager)
         self.sessions = Sessions(self.settings.max_sessions, self.settings.max_lag_s,
-                                 self.metrics, self.settings.drain_timeout_s)
+                                 self.metrics, self.settings.drain_timeout_s,
+                                 self.settings.max_streams_per_client)
+        self.pending = PendingSockets(self.settings.max_pending_sockets,
+                                      self.settings.max_pending_per_client,
+                                      lambda reason: self.metrics.rejected.labels(reason).inc())
         self.files = FileAdmission(self.settings.max_file_jobs, self.settings.max_file_queue,
                                    on_change=self._file_jobs,
                                    on_reject=self.metrics.rejected.labels("files_busy").inc)

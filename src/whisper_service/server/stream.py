@@ -31,8 +31,10 @@ from ..models import ModelInUseError
 from ..protocol import StreamConfig, parse_config, parse_json
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession
+from .admission import client_id
 from .errors import ProtocolError
-from .handshake import admit, close_with_error, refused_while_draining
+from .feeding import push, wait_for_room
+from .handshake import EVICTED, admit, close_with_error, first_message, refused_while_draining
 from .service import Service, get_service
 
 router = APIRouter()
@@ -43,6 +45,7 @@ router = APIRouter()
 @dataclass(frozen=True)
 class Audio:
     samples: np.ndarray  # 16 kHz mono float32
+    arrived_at: float  # time.monotonic() when it came off the socket
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,14 @@ class StreamHandler:
         await self.ws.accept(subprotocol=self.service.api_key.subprotocol(self.ws.headers))
         try:
             admit(self.ws, self.service)
-            with self.service.sessions.open() as (session_id, finish):
+            first = await first_message(
+                self.ws, self.service, lambda: self._close_with_error(EVICTED))
+            self.config = self._configure(first)
+            with self.service.sessions.open(client_id(self.ws)) as (session_id, finish):
                 self.session_id = session_id
                 try:
                     await self._open(session_id)
+                    self.service.sessions.watch(session_id, self.session.lateness)
                     await self._stream(finish)
                 finally:
                     if self.session is not None:
@@ -121,11 +128,16 @@ class StreamHandler:
 
     # -- awaiting config --------------------------------------------------------------------
 
-    async def _open(self, session_id: str) -> None:
-        message = await self._receive()
+    @staticmethod
+    def _configure(message: dict[str, Any]) -> StreamConfig:
+        """The first message, which must be a valid config (else a fatal ProtocolError)."""
         if message.get("bytes") is not None:
             raise ProtocolError("config_required", "send the JSON config message before any audio")
-        self.config = config = parse_config(parse_json(message.get("text") or ""))
+        return parse_config(parse_json(message.get("text") or ""))
+
+    async def _open(self, session_id: str) -> None:
+        """A session for the accepted config (it holds a session slot now), then `ready`."""
+        config = self.config
         try:
             name = self.service.model_name(config.model)
             options = config.stream_options(self.settings)
@@ -159,7 +171,7 @@ class StreamHandler:
                     tail = [i.samples for i in _take_all(queue) if isinstance(i, Audio)]
                     return await self._finish("server shutting down", 1001,
                                               np.concatenate(tail) if tail else None)
-                if reason := await self._handle(items):
+                if reason := await self._handle(items, reader):
                     return await self._finish(reason, 1000)
                 if time.monotonic() - started > self.settings.max_session_s:
                     limit = self.settings.max_session_s
@@ -193,16 +205,18 @@ class StreamHandler:
             if finisher in done:
                 return None
 
-    async def _handle(self, items: list[Item]) -> str | None:
+    async def _handle(self, items: list[Item], reader: asyncio.Task) -> str | None:
         """Push the items' audio as one chunk, report errors; the reason to finish, if any."""
-        audio = [item.samples for item in items if isinstance(item, Audio)]
+        audio = [item for item in items if isinstance(item, Audio)]
         if audio:
-            samples = np.concatenate(audio)
-            # Behind the client: what the session holds undecoded, plus what queued meanwhile.
-            behind = self.received_s - self.session.stats["audio_s"] + self.session.lag_s
-            self.service.sessions.report_lag(self.session_id, behind)
+            for item in audio:
+                self.session.pacing.arrived(len(item.samples), item.arrived_at)
+            samples = np.concatenate([item.samples for item in audio])
+            self.service.sessions.report_lag(self.session_id)
             self.service.metrics.audio_seconds.labels("stream").inc(len(samples) / SAMPLE_RATE)
-            await self._send_events(await run_in_threadpool(self.session.push, samples))
+            await self._send_events(await push(
+                self.session, samples, reader,
+                lambda: self.service.sessions.forget(self.session_id)))
             if self.session.utterances_due:  # after the finals that closed them, not before
                 await self._send_events(await run_in_threadpool(self.session.decode_utterances))
         for item in items:
@@ -221,6 +235,7 @@ class StreamHandler:
         if self.config.encoding in OPUS_ENCODINGS:
             self.opus = OpusStream(self.config.encoding)
         while True:
+            await wait_for_room(self._ahead_s, self.settings.max_ahead_s)
             try:
                 message = await self._receive()
             except ProtocolError as exc:  # idle timeout
@@ -243,6 +258,10 @@ class StreamHandler:
                 "unknown_message_type", f"unknown message type {kind!r}; "
                 "expected binary audio or {\"type\": \"end\"}")))
 
+    def _ahead_s(self) -> float:
+        """Audio received (queued or pushed) that the session has not heard yet."""
+        return self.received_s - self.session.heard / SAMPLE_RATE
+
     async def _audio(self, data: bytes, resample: Resampler) -> list[Item]:
         limit = self.settings.max_ws_message_bytes
         if len(data) > limit:  # fatal: raised in the reader, re-raised by the handler
@@ -251,7 +270,7 @@ class StreamHandler:
         if self.opus is not None:
             return await self._opus_audio(data)
         try:
-            return [Audio(resample(pcm_to_float(data, self.config.encoding)))]
+            return [Audio(resample(pcm_to_float(data, self.config.encoding)), time.monotonic())]
         except AudioError as exc:
             return [ClientError(ProtocolError("invalid_audio", str(exc)))]
 
@@ -266,7 +285,8 @@ class StreamHandler:
         except AudioError as exc:
             error = ClientError(ProtocolError("invalid_audio", str(exc)))
         samples = self.opus.take()
-        return [item for item in (Audio(samples) if len(samples) else None, error) if item]
+        audio = Audio(samples, time.monotonic()) if len(samples) else None
+        return [item for item in (audio, error) if item]
 
     async def _receive(self) -> dict[str, Any]:
         timeout = self.settings.idle_timeout_s
