@@ -5,7 +5,8 @@ en_long), each copied `--copies` times under new names. Every run is a fresh
 `whisper-service batch` process into an empty output directory, timed end to end (interpreter,
 model load, Ray start or connect, decode, writes): what a user waits for. Runs:
 
-- in process, `--workers 1` (CTranslate2's default threads) and `--workers 2` (one each);
+- in process, `--workers 1` and `--workers 2` (the default on 2 cores), one thread per file,
+  as a Ray actor decodes;
 - `--ray ADDRESS` on a local cluster already running (`ray.init(num_cpus=N)` here): the
   per-job cost of Ray (connect, actors, a model per actor, Ray Data) without cluster start;
 - `--ray auto` with no cluster running: the CLI starts a local one, as a first user would.
@@ -104,8 +105,8 @@ def main() -> None:
             rows.append((label, wall, same))
             return wall
 
-        local_1 = measure("in process, --workers 1 (default threads)")
-        measure("in process, --workers 2 (1 thread each)", "--workers", "2")
+        local_1 = measure("in process, --workers 1", "--workers", "1")
+        measure("in process, --workers 2 (the default here)", "--workers", "2")
         local_short = statistics.median(batch(short, tmp / "short", args.model)
                                         for _ in range(args.repeat))
 

@@ -26,14 +26,11 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import DATA, english_wer, read_wav, reference  # noqa: E402
 
 from whisper_service.config import Settings  # noqa: E402
-from whisper_service.models import ModelManager  # noqa: E402
+from whisper_service.engine.decoder import Decoder  # noqa: E402
+from whisper_service.engine.manager import ModelManager  # noqa: E402
+from whisper_service.engine.windows import prompt_tokens  # noqa: E402
 from whisper_service.streaming import StreamingSession, StreamOptions, replay  # noqa: E402
-from whisper_service.transcribe import (  # noqa: E402
-    Decoder,
-    DecodeRequest,
-    TranscribeOptions,
-    prompt_tokens,
-)
+from whisper_service.transcript import DecodeRequest, TranscribeOptions  # noqa: E402
 
 NAME = "Katelynn Smyth"
 NAMES = ("Katelynn Smyth, Siobhán Ní Bhriain, Jörg Müller, Nguyễn Văn An, CTranslate2, "

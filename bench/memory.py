@@ -70,8 +70,9 @@ def slope(points: list[tuple[int, float]]) -> float:
 
 def child_model(model: str) -> dict:
     from whisper_service.config import get_settings
-    from whisper_service.models import ModelManager
-    from whisper_service.transcribe import Decoder, DecodeRequest, TranscribeOptions
+    from whisper_service.engine.decoder import Decoder
+    from whisper_service.engine.manager import ModelManager
+    from whisper_service.transcript import DecodeRequest, TranscribeOptions
 
     manager = ModelManager.from_settings(get_settings())
     before = rss_mb()
@@ -83,7 +84,7 @@ def child_model(model: str) -> dict:
 
 def child_sessions(model: str) -> dict:
     from whisper_service.config import get_settings
-    from whisper_service.models import ModelManager
+    from whisper_service.engine.manager import ModelManager
     from whisper_service.streaming import StreamingSession, StreamOptions
     from whisper_service.vad import get_vad_model
 
@@ -124,7 +125,7 @@ def child_naive(model: str) -> dict:
 
 def child_long(model: str, minutes: float) -> dict:
     from whisper_service.config import get_settings
-    from whisper_service.models import ModelManager
+    from whisper_service.engine.manager import ModelManager
     from whisper_service.streaming import StreamingSession, StreamOptions
 
     manager = ModelManager.from_settings(get_settings())

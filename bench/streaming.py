@@ -21,9 +21,10 @@ from jiwer import wer
 
 from server import _english_normalizer  # bench/ is the script's directory
 from whisper_service.config import get_settings
-from whisper_service.models import ModelManager
+from whisper_service.engine.decoder import Decoder
+from whisper_service.engine.manager import ModelManager
 from whisper_service.streaming import StreamingSession, StreamOptions, replay
-from whisper_service.transcribe import Decoder, DecodeRequest, TranscribeOptions
+from whisper_service.transcript import DecodeRequest, TranscribeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,14 +22,9 @@ from faster_whisper.transcribe import get_ctranslate2_storage
 
 from streaming import read  # bench/ is the script's directory
 from whisper_service import memory
-from whisper_service.models import ModelManager
-from whisper_service.transcribe import (
-    DecodeRequest,
-    TranscribeOptions,
-    decode_windows,
-    prepare_window,
-    prompt_tokens,
-)
+from whisper_service.engine.manager import ModelManager
+from whisper_service.engine.windows import decode_windows, prepare_window, prompt_tokens
+from whisper_service.transcript import DecodeRequest, TranscribeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEECH = "en_long"  # 66 s of continuous reading: windows are cut from it

@@ -174,12 +174,12 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def model_manager():
     from whisper_service.config import Settings
-    from whisper_service.models import ModelManager
+    from whisper_service.engine.manager import ModelManager
 
     manager = ModelManager.from_settings(Settings(cache_dir=Path(_CACHE)))
     yield manager
     counts = {k.name: n for k, n in manager.load_counts.items()}
-    _SUMMARY["models"] = {k.name: round(m.load_seconds, 2) for k, m in manager.pipelines.items()}
+    _SUMMARY["models"] = {k.name: round(m.load_seconds, 2) for k, m in manager.loaded.items()}
     manager.close()
     assert all(n == 1 for n in counts.values()), f"a model was loaded more than once: {counts}"
 

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 from .config import Settings
 
 if TYPE_CHECKING:  # at run time imported where used: `--help` needs no ctranslate2
-    from .transcribe import Decoder, TranscribeOptions
+    from .engine.decoder import Decoder
+    from .transcript import TranscribeOptions
 
 RAY_MISSING = "--ray needs Ray: pip install 'whisper-service[ray]'"
 # Threads per file decode, on Ray and in process alike, unless WHISPER_SERVICE_CPU_THREADS
@@ -191,8 +192,8 @@ def check_model(job: Job) -> None:
     """Refuse an unknown model, or settings it cannot honour (tiny.en with -l de), before any
     actor starts: on Ray the model is loaded only in the actors. Raises ModelNotFoundError
     or ValueError with a one-line message."""
+    from .engine.decoder import Decoder
     from .registry import is_multilingual, resolve
-    from .transcribe import Decoder
 
     path = resolve(job.model, job.settings.cache_dir)
     # Decoder.check needs only these two attributes of a loaded model: the same rule as the
@@ -205,8 +206,8 @@ def check_model(job: Job) -> None:
 def load_decoder(job: Job, workers: int, threads: int) -> Decoder:
     """A Decoder on a model of its own: `workers` decodes at once, `threads` each
     (0: the settings' rule, see ModelManager.from_settings)."""
-    from .models import ModelManager
-    from .transcribe import Decoder
+    from .engine.decoder import Decoder
+    from .engine.manager import ModelManager
 
     settings = job.settings.override(num_workers=workers,
                                      cpu_threads=threads or job.settings.cpu_threads)
@@ -219,7 +220,7 @@ def run_local(todo: list[Path], job: Job, workers: int = 0) -> Iterator[FileResu
     """In process: one model, `workers` files at once (one CTranslate2 worker each; 0: one
     per CPU core, as Ray sizes its actors), each decoded with the threads a Ray actor uses,
     results as they finish. At most two files per worker are queued, however many there are."""
-    from .models import cpu_cores
+    from .engine.manager import cpu_cores
 
     threads = decode_threads(job.settings)
     workers = workers or max(1, cpu_cores() // threads)

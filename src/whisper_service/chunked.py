@@ -14,23 +14,17 @@ import numpy as np
 from . import memory
 from .audio import SAMPLE_RATE
 from .context import WHISPER_MAX_PROMPT_TOKENS
-from .transcribe import (
-    Decoder,
-    DecodeRequest,
-    Segment,
-    TranscribeOptions,
-    Transcript,
-    prompt_tokens,
-)
+from .engine.decoder import Decoder
+from .engine.windows import prompt_tokens
+from .transcript import DecodeRequest, Segment, TranscribeOptions, Transcript
 
 
 def decode_chunks(decoder: Decoder, chunks: Iterable[np.ndarray], options: TranscribeOptions,
                   on_progress: Callable[[float], None] | None = None,
                   on_segment: Callable[[Segment], None] | None = None) -> Transcript:
     """Decode a long file chunk by chunk (from `iter_audio`), so its memory is that of a
-    chunk (its features, ~1 MB per second, and the next chunk's samples), not of the
-    file: faster-whisper holds the whole audio, its VAD copy and its features at once
-    (3 h of silence: +2.3 GB).
+    chunk (its features, and the next chunk's samples), not of the file: faster-whisper
+    holds the whole audio, its VAD copy and its features at once (bench/uploads.py).
 
     Each chunk ends at the quietest moment near its end (the rest goes to the next), is
     prompted with the text before it, as faster-whisper prompts its windows, and decodes
@@ -67,14 +61,14 @@ def decode_chunks(decoder: Decoder, chunks: Iterable[np.ndarray], options: Trans
             context = _next_context(context, seg, options)
         done += cut
     # glibc keeps the chunks' freed pages: without this, a server's RSS between uploads
-    # crept 350 -> 436 -> 485 -> 531 MB over four long files (bench/uploads.py).
+    # crept up file after file (bench/uploads.py).
     memory.trim()
     return Transcript(heard[0], heard[1], done / SAMPLE_RATE, tuple(segments))
 
 
 # Where a chunk ends: the quietest 200 ms in its last 8 s (a pause between words or sentences;
-# speech has one every few seconds), so no word is cut in two. The five en_* passages joined
-# (128 s, tiny.en): WER 0.037 whole, 0.031-0.040 in chunks of 20, 30 or 45 s.
+# speech has one every few seconds), so no word is cut in two, and chunks read as well as
+# the whole file (bench/transcribe.py).
 SEAM_SEARCH_S = 8.0
 SEAM_QUIET_S = 0.2
 SEAM_FRAME = 160  # 10 ms

@@ -36,7 +36,7 @@ def _language(value: str) -> str | None:
 
 
 def _manager():
-    from .models import ModelManager
+    from .engine.manager import ModelManager
 
     return ModelManager.from_settings(get_settings())
 
@@ -86,7 +86,7 @@ def _file_decode_flags(command):
 
 def _file_options(language: str, task: str, beam_size: int, word_timestamps: bool, vad: bool,
                   prompt: str | None):
-    from .transcribe import TranscribeOptions
+    from .transcript import TranscribeOptions
 
     try:
         return TranscribeOptions(language=_language(language), task=task, beam_size=beam_size,
@@ -106,8 +106,8 @@ def transcribe(files: tuple[Path, ...], model: str, language: str, task: str, fm
                prompt: str | None, quiet: bool) -> None:
     """Transcribe or translate audio files to txt, srt, vtt or json."""
     from .audio import AudioError
+    from .engine.decoder import Decoder
     from .formats import EXTENSIONS, render
-    from .transcribe import Decoder
 
     options = _file_options(language, task, beam_size, word_timestamps, vad, prompt)
     if output_dir is not None:

@@ -32,76 +32,79 @@ class Settings(BaseSettings):
 
     # Models
     default_model: str = Field("base", description="model used when none is named")
-    device: str = Field("cpu", description="cpu or cuda (passed through to CTranslate2)")
-    compute_type: str = Field("int8", description="e.g. int8, float16 (GPU), int8_float16")
+    device: str = Field("cpu", description="`cpu` or `cuda`, passed through to CTranslate2")
+    compute_type: str = Field("int8", description="e.g. `int8`, `float16` (GPU), "
+                              "`int8_float16`")
     cpu_threads: int = Field(0, ge=0, description="threads per decode; 0: 1 when there are "
                              "several workers, else CTranslate2's default")
     num_workers: int = Field(0, ge=0, description="decodes that run in parallel on one model; "
-                             "0: one per CPU core for serve, one for the CLI")
+                             "0: one per CPU core for `serve`, one for the CLI")
     cache_dir: Path = Field(default_factory=_default_cache_dir,
-                            description="assembled and downloaded models")
+                            description="assembled and downloaded models (default "
+                            "`$XDG_CACHE_HOME/whisper-service` or "
+                            "`~/.cache/whisper-service`)")
     models: str = Field("", description="comma-separated models clients may request (names, "
                         "local paths or hub names); empty: the bundled ones. The default model "
-                        "is always allowed; nothing else is loaded for a client")
+                        "is always allowed, nothing else is loaded for a client, and "
+                        "`GET /v1/models` lists exactly these")
     max_loaded_models: int = Field(0, ge=0, description="evict the least recently used idle "
                                    "model past this; 0: no cap")
     model_idle_ttl_s: float = Field(0.0, ge=0, description="unload models nobody used for "
                                     "this long; 0: never")
 
-    # Streaming
-    # bench/streaming.py, tiny.en, the five committed passages: beam 1 at 0.6 s gave WER 0.045,
-    # latency median 0.95 s / p90 1.45 s, 0.29 s of compute per audio second; beam 5 at 0.7 s
-    # gave 0.057, 1.19 s / 1.68 s, 0.35. At 0.5 s, WER rose to 0.062 (more early commits).
+    # Streaming (the choices are measured by bench/streaming.py: docs/benchmarks.md)
     min_chunk_s: float = Field(0.6, ge=0.1, le=5, description="new audio (s) before a "
                                "streaming session re-decodes")
     stream_beam_size: int = Field(1, ge=1, le=10, description="beam size for streaming "
-                                  "decodes (greedy: WER 0.045 against beam 5's 0.057 on the "
-                                  "committed passages, at 26% less compute)")
+                                  "decodes")
     max_buffer_s: float = Field(15.0, ge=2, le=30, description="cap on the audio a session "
                                 "re-decodes (Whisper's window is 30 s)")
     max_context_tokens: int = Field(WHISPER_MAX_PROMPT_TOKENS, ge=1,
                                     le=WHISPER_MAX_PROMPT_TOKENS,
                                     description="rolling prompt size (static prompt + "
-                                    "committed text)")
-
+                                    "committed text), in tokens")
     utterances: bool = Field(True, description="decode each utterance once more as a whole "
-                             "after its finals and send it as `utterance` (finals unchanged)")
-    # bench/streaming.py, tiny.en, committed passages: utterance WER 0.043 / 0.031 / 0.031 at
-    # beam 1 / 2 / 5 (offline 0.031), extra compute 19% / 20% / 24% of the finals'.
-    utterance_beam_size: int = Field(2, ge=1, le=10, description="beam size for the utterance "
-                                     "decodes (2: as accurate as 5 on the committed passages, "
-                                     "at less compute)")
-
+                             "after its finals and send it as `utterance` (finals unchanged); "
+                             "a client's config can override it")
+    utterance_beam_size: int = Field(2, ge=1, le=10, description="beam size of the utterance "
+                                     "decodes")
     window_pad_s: float = Field(10.0, ge=5, le=30, description="streaming windows are "
                                 "padded to the next multiple of this for the encoder, not "
-                                "always to Whisper's 30 s (shorter made tiny.en repeat text)")
+                                "always to Whisper's 30 s (shorter ones made tiny.en repeat "
+                                "itself)")
 
-    # Batching (streaming windows of many sessions decoded together)
-    batching: bool = Field(True, description="decode the windows of concurrent streams as "
-                           "batches; off: each alone, as before")
+    # Batching: the windows of many sessions decoded together (bench/capacity.py)
+    batching: bool = Field(True, description="decode the windows of concurrent streams in "
+                           "batches; off: each alone")
     max_batch_size: int = Field(8, ge=1, le=64, description="windows in one batch")
     batch_beam_size: int = Field(0, ge=0, le=10, description="beam size for windows decoded "
-                                 "under load: in a batch of two or more, or with windows "
-                                 "waiting; 0: each window's own (streams' windows are greedy "
+                                 "under load (in a batch of two or more, or with windows "
+                                 "waiting); 0: each window's own (streams' windows are greedy "
                                  "already, utterances keep their beam); 1: greedy, cheaper, "
                                  "and transcripts under load lose a few words")
     batch_wait_ms: float = Field(20.0, ge=0, le=500, description="longest wait for a batch "
                                  "to fill when several windows are pending (none for one)")
 
     # Server
-    host: str = Field("127.0.0.1", description="where serve listens")
-    port: int = Field(8000, ge=0, le=65535, description="where serve listens")
-    forwarded_allow_ips: str = Field("127.0.0.1", description="proxies whose X-Forwarded-For "
-                                     "names the client (for rate limits by address); "
-                                     "comma-separated, or * behind a private load balancer")
-    api_key: str | None = Field(None, description="when set, every endpoint but /health, /ready "
-                                "needs it; several keys: comma-separated")
+    host: str = Field("127.0.0.1", description="where `serve` listens (`--host`)")
+    port: int = Field(8000, ge=0, le=65535, description="where `serve` listens (`--port`)")
+    forwarded_allow_ips: str = Field("127.0.0.1", description="proxies trusted to name the "
+                                     "client in `X-Forwarded-For` (rate limits and limits per "
+                                     "client by address); comma-separated, or `*` behind a "
+                                     "private load balancer")
+    api_key: str | None = Field(None, description="when set, every endpoint but `/health`, "
+                                "`/ready` and the page needs it; several keys: comma-separated "
+                                "(`Authorization: Bearer`, `X-API-Key`; `?api_key=` works but "
+                                "ends up in proxies' logs)")
     api_keys_file: FilePath | None = Field(None, description="more keys, one a line (blank "
-                                           "lines and # comments skipped)")
+                                           "lines and `#` comments skipped); the server "
+                                           "refuses to start if it cannot read the file or "
+                                           "it holds no key")
     ticket_ttl_s: float = Field(30.0, gt=0, le=3600, description="how long a single-use "
-                                "WebSocket ticket (POST /v1/stream/ticket) stays valid")
-    max_sessions: int = Field(16, ge=1, description="concurrent streaming sessions")
-    max_lag_s: float = Field(3.0, gt=0, description="new streams get server_busy while the "
+                                "WebSocket ticket (`POST /v1/stream/ticket`) stays valid")
+    max_sessions: int = Field(16, ge=1, description="concurrent streaming sessions "
+                              "(`--max-sessions`); more get `server_busy`")
+    max_lag_s: float = Field(3.0, gt=0, description="new streams get `server_busy` while the "
                              "server is this late with the open ones, on average: seconds "
                              "since their oldest unheard audio was due (audio a client sends "
                              "ahead of real time is due only when real time reaches it)")
@@ -109,57 +112,58 @@ class Settings(BaseSettings):
                                "sent that the server has not heard yet; past it the server "
                                "stops reading the client's socket until it catches up "
                                "(backpressure, not a refusal)")
-    max_session_s: float = Field(3600.0, gt=0, description="longest streaming session")
-    # Sockets that never configure (issue 33): 64 silent ones held every session slot until
-    # the idle timeout. A socket is a session only once its config is accepted.
+    max_session_s: float = Field(3600.0, gt=0, description="longest streaming session "
+                                 "(`session_too_long`)")
     config_timeout_s: float = Field(5.0, ge=0.5, le=60, description="a WebSocket that has "
-                                    "not sent its config (/v1/stream) or first event "
-                                    "(/v1/realtime) this long after opening is closed "
-                                    "(config_timeout, 1008)")
+                                    "not sent its config (`/v1/stream`) or first event "
+                                    "(`/v1/realtime`) this long after opening is closed "
+                                    "(`config_timeout`, 1008); until then it holds no session "
+                                    "slot")
     max_pending_sockets: int = Field(256, ge=1, description="WebSockets waiting for their "
                                      "config, apart from the sessions; past it the oldest "
-                                     "waiting one is closed to make room (config_timeout)")
+                                     "waiting one is closed to make room (`config_timeout`)")
     max_pending_per_client: int = Field(16, ge=0, description="WebSockets one client may "
                                         "have waiting for their config; more get "
-                                        "too_many_pending (1013); 0: no limit. A client is "
+                                        "`too_many_pending` (1013); 0: no limit. A client is "
                                         "its API key when it presents one, else its address")
     max_streams_per_client: int = Field(8, ge=0, description="streaming sessions one client "
-                                        "may have open; more get too_many_streams (1013); "
+                                        "may have open; more get `too_many_streams` (1013); "
                                         "0: no limit. A client is its API key when it "
                                         "presents one, else its address")
     idle_timeout_s: float = Field(30.0, gt=0, description="a stream with no message for "
-                                  "this long is finished")
+                                  "this long is finalized and closed (`idle_timeout`)")
     drain_timeout_s: float = Field(10.0, gt=0, le=600, description="on SIGTERM, how long open "
-                                   "streams get to send their last finals and done before the "
-                                   "process stops (/ready answers 503 meanwhile)")
+                                   "streams get to send their last finals and `done`; the "
+                                   "process exits within this plus 5 s (`/ready` answers 503 "
+                                   "meanwhile)")
     max_ws_message_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket "
-                                      "audio frame")
+                                      "message (`message_too_large`, 1009)")
     max_file_jobs: int = Field(2, ge=1, description="file transcriptions that run at once "
-                               "(each holds one chunk of audio; the decode slots are shared "
+                               "(each holds one chunk of audio; the decode workers are shared "
                                "with the streams)")
     max_file_queue: int = Field(8, ge=0, description="file transcriptions that may wait for a "
-                                "turn; more get server_busy with Retry-After")
+                                "turn; more get 503 `server_busy` with `Retry-After`")
     rate_limit_per_minute: float = Field(0.0, ge=0, description="requests per minute per API "
-                                         "key (or address without one) on the file and stream "
-                                         "endpoints; 0: no limit")
+                                         "key (or address without one) on uploads, tickets and "
+                                         "stream opens; more get 429 `rate_limited` with "
+                                         "`Retry-After`; 0: no limit")
     rate_limit_burst: int = Field(10, ge=1, description="requests a client may make at once "
                                   "before the rate limit applies")
-    max_upload_bytes: int = Field(100 << 20, ge=1024, description="largest file upload")
+    max_upload_bytes: int = Field(100 << 20, ge=1024, description="largest file upload (413 "
+                                  "`file_too_large`, cut off as it arrives)")
     upload_timeout_s: float = Field(600.0, ge=1, le=86400, description="longest time an "
-                                    "upload's body may take to arrive; slower ones get 408 "
-                                    "upload_timeout (a body holds a connection while it "
-                                    "arrives, never a file-job slot)")
-    # Bytes do not bound audio: 2 MB of FLAC held 3 h of silence, which took the server from
-    # 250 MB to 2.5 GB decoded whole. Files are decoded and transcribed a chunk at a time.
-    max_audio_s: float = Field(4 * 3600.0, gt=0, description="longest audio a file may hold "
-                               "(seconds); longer uploads get 413 audio_too_long, found "
-                               "while decoding")
-    # faster-whisper's features cost ~1 MB per second of a chunk: 10 min of speech in one
-    # chunk peaked at +617-656 MB, in 120 s chunks at +179-206 MB, in 60 s at +122 MB, for
-    # the same time (36-44 s, tiny.en) and WER (0.033-0.040, within a few words).
+                                    "upload's body may take to arrive (408 `upload_timeout`); "
+                                    "a body holds a connection while it arrives, never a "
+                                    "file-job slot")
+    # Bytes do not bound audio (a small FLAC can hold hours of silence), so files are decoded
+    # and transcribed a chunk at a time (bench/uploads.py).
+    max_audio_s: float = Field(4 * 3600.0, gt=0, description="longest audio a file may hold, "
+                               "in seconds; longer gets 413 `audio_too_long`, found while "
+                               "decoding, before the file is in memory")
     file_chunk_s: float = Field(120.0, ge=30, le=3600, description="files are decoded and "
-                                "transcribed this many seconds at a time, each chunk prompted "
-                                "with the text before it (memory per file: that of a chunk)")
+                                "transcribed this many seconds at a time, each chunk cut in a "
+                                "pause and prompted with the text before it (memory per file: "
+                                "that of a chunk)")
 
     @model_validator(mode="after")
     def _chunk_fits_buffer(self) -> Settings:
@@ -171,6 +175,35 @@ class Settings(BaseSettings):
     def override(self, **changes: Any) -> Settings:
         """A validated copy with some fields changed (flags over the environment)."""
         return type(self).model_validate({**self.model_dump(), **changes})
+
+
+def settings_table() -> str:
+    """docs/configuration.md's table, made from the fields above (their one description):
+    `python -m whisper_service.config` prints it."""
+    rows = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {_default(field)} | {_bounds(field)} "
+                    f"| {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def _default(field: Any) -> str:
+    if field.default_factory is not None:
+        return "see meaning"
+    if field.default is None:
+        return "unset"
+    if field.default == "":
+        return "empty"
+    value = str(field.default).lower() if isinstance(field.default, bool) else field.default
+    return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+
+
+def _bounds(field: Any) -> str:
+    """The field's bounds as written in its declaration (`ge`, `gt`, `le`)."""
+    signs = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+    parts = [f"{signs[key]} {getattr(meta, key):g}" for meta in field.metadata
+             for key in signs if getattr(meta, key, None) is not None]
+    return ", ".join(parts) or "–"
 
 
 def describe_error(exc: ValidationError, flags: dict[str, str] | None = None) -> str:
@@ -185,3 +218,7 @@ def describe_error(exc: ValidationError, flags: dict[str, str] | None = None) ->
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from .transcribe import Segment, Transcript
+from .transcript import Segment, Transcript
 
 Format = Literal["txt", "text", "srt", "vtt", "json", "verbose_json"]
 FORMATS: tuple[str, ...] = ("txt", "srt", "vtt", "json", "verbose_json")

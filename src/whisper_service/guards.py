@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .text import normalize
-from .transcribe import Segment
+from .transcript import Segment
 
 # Phrases Whisper is known to produce from silence or noise (its training data's credits and
 # outros). Credits never occur in live speech, so they always go; the short courtesies are

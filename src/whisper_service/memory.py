@@ -33,17 +33,16 @@ def tune_heap(arenas: int = 2) -> None:
 
     - Two arenas. glibc gives each new thread that meets contention an arena of its own (up
       to 8 per core) and keeps the freed memory in it. Sessions run on a pool of worker
-      threads, so each extra client grew RSS by 11-15 MB; with two arenas, by about 3-4 MB
-      (bench/server.py).
+      threads, so each extra client grew RSS by an arena's worth; with two arenas, by a few
+      MB (bench/server.py).
     - Fixed thresholds: the working memory a decode frees stays in the heap for the next one.
       By default glibc maps large blocks on their own and gives back freed memory at the top
       of the heap, with thresholds that move as blocks come and go. Warm-up's working memory
       (start-up pays a full batch per worker) was then partly returned and paid again by
-      whichever client came next: the server's idle RSS varied from 268 to 362 MB between
-      runs, and a client seemed to cost -14 to +7 MB. Fixed, the first client costs about
-      2 MB and, up to the server's capacity, each further one 0.3-1 MB, at the same decode
-      speed (bench/memory.py --only-clients). Memory freed past TRIM_THRESHOLD still goes
-      back.
+      whichever client came next, so idle RSS and the cost of a client varied from run to
+      run. Fixed, a client costs about the same whether it is the first or the sixteenth, at
+      the same decode speed (bench/memory.py --only-clients). Memory freed past
+      TRIM_THRESHOLD still goes back.
 
     An explicit MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ in the
     environment wins.

@@ -19,7 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from .models import ModelManager
+from .engine.manager import ModelManager
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -55,7 +55,7 @@ class _ModelCollector:
         waited = CounterMetricFamily("whisper_decode_queue_wait_seconds",
                                      "Time window decodes spent queued, summed",
                                      labels=["model"])
-        for key, loaded in self.manager.pipelines.items():
+        for key, loaded in self.manager.loaded.items():
             scheduler = loaded.scheduler
             if scheduler is None:
                 continue

@@ -18,35 +18,34 @@ import numpy as np
 from .audio import SAMPLE_RATE, as_float32
 from .config import Settings, get_settings
 from .context import RollingContext, with_hotwords
+from .engine.decoder import Decoder
 from .guards import credits_start, is_hallucination, loop_start
 from .pacing import Pacing
-from .text import normalize
+from .policy import LocalAgreement, starts_inside_word
 from .timeline import clamp_words
-from .transcribe import (
-    WINDOW_SAMPLES,
-    Decoder,
-    DecodeRequest,
-    Task,
-    TranscribeOptions,
-    Transcript,
-    Word,
+from .transcript import WINDOW_SAMPLES, DecodeRequest, Task, TranscribeOptions, Transcript, Word
+from .utterances import (
+    Final,
+    UtteranceDecode,
+    UtteranceRecorder,
+    fill_gaps,
+    word_count,
 )
-from .utterances import Final, Utterance, UtteranceRecorder, fill_gaps, word_count
 from .vad import SileroVAD, VADIterator, VadOptions, get_vad_model
 
 if TYPE_CHECKING:
-    from .models import ModelManager
+    from .engine.manager import ModelManager
 
 BLOCK = 1600  # 100 ms: VAD and utterance ends run on fixed blocks, whatever the push size
 PREROLL = SAMPLE_RATE  # audio kept before a VAD start, which arrives after the speech began
 RECENT_WORDS = 18  # enough for the loop guard to see a 6-word phrase three times
 # Committed words still in the buffer are forced as the next decode's prefix, and CTranslate2
-# steps through a forced prefix token by token, as if it generated it (tiny.en, 8 s window:
-# 28 forced tokens of 32 took 134 ms, none forced 148 ms). So once the buffer holds TRIM_FROM_S,
-# it is cut at any committed word that ends PREFIX_S before the last committed one. Compared
-# with cutting only at sentence and segment ends past half of max_buffer_s, tiny.en's compute
-# on en_long went from 0.45 to 0.37 s per audio second, at the same WER (bench/streaming.py).
-# The forced prefix absorbs a cut a little off the word boundary: its text is given.
+# steps through a forced prefix token by token, as if it generated it, so a long prefix costs
+# nearly what writing it did. So once the buffer holds TRIM_FROM_S, it is cut at any committed
+# word that ends PREFIX_S before the last committed one, which costs less compute on
+# continuous speech than cutting only at sentence and segment ends, at the same WER
+# (bench/streaming.py). The forced prefix absorbs a cut a little off the word boundary: its
+# text is given.
 TRIM_FROM_S = 3.0
 PREFIX_S = 1.5
 
@@ -112,65 +111,6 @@ class StreamEvent:
         return out
 
 
-WORD_END = (".", ",", "?", "!", ";", ":")  # after these, the next word starts anew
-
-
-def starts_inside_word(word: Word) -> bool:
-    """Whisper writes the space before a word into the word: one without it continues the
-    word before it ("ill" then "-disposed", "didn" then "'t")."""
-    return not word.word[:1].isspace()
-
-
-class LocalAgreement:
-    """LocalAgreement-2 (Machacek et al., 2023): commit the longest common word prefix of the
-    last two hypotheses. Hypotheses hold only words after the committed text (the session
-    forces that text as the decode's prefix), so nothing is matched by time."""
-
-    def __init__(self) -> None:
-        self.last_committed_end = 0.0
-        self._previous: list[Word] = []
-
-    @property
-    def tentative(self) -> list[Word]:
-        return self._previous
-
-    def update(self, hypothesis: list[Word]) -> list[Word]:
-        agreed = 0
-        for a, b in zip(hypothesis, self._previous):
-            if normalize(a.word) != normalize(b.word):
-                break
-            agreed += 1
-        while agreed and not self._boundary(hypothesis, agreed):
-            agreed -= 1
-        commit = hypothesis[:agreed]
-        self._previous = hypothesis[agreed:]
-        self._remember(commit)
-        return commit
-
-    def _boundary(self, hypothesis: list[Word], at: int) -> bool:
-        """Whether a final may end before word `at`: only where a new word starts in both
-        hypotheses. Clients join finals with spaces, so a final that ended inside a word would
-        read "ill -disposed". Where neither hypothesis has a word after `at`, whether the
-        word goes on is not known yet, so it waits, unless it ends in punctuation."""
-        following = [h[at] for h in (hypothesis, self._previous) if at < len(h)]
-        if not following:
-            return hypothesis[at - 1].word.rstrip().endswith(WORD_END)
-        return not any(map(starts_inside_word, following))
-
-    def commit_all(self, hypothesis: list[Word]) -> list[Word]:
-        """End of utterance: everything not yet committed becomes final."""
-        self._previous = []
-        self._remember(hypothesis)
-        return hypothesis
-
-    def reset(self) -> None:
-        self._previous = []
-
-    def _remember(self, commit: list[Word]) -> None:
-        if commit:
-            self.last_committed_end = commit[-1].end
-
-
 class SessionCancelled(RuntimeError):
     """The session was cancelled (its client left) while it worked: its work is dropped."""
 
@@ -206,7 +146,7 @@ class StreamingSession:
         self._last_final_end = 0.0
         self._partial = ""
         self._recorder = UtteranceRecorder()
-        self._closed_utterances: list[_Pending] = []  # in their second decode, oldest first
+        self._closed_utterances: list[UtteranceDecode] = []  # in their second decode, oldest first
         self._settled: list[str] = []  # the transcript: utterance texts (finals when off)
         self._unsettled: list[str] = []  # finals not yet covered by an utterance
         self._closed = False
@@ -413,7 +353,7 @@ class StreamingSession:
             events += self._on_vad(event.kind, event.sample)
         end = self._audio_start + len(self._audio)
         if self._in_speech:
-            step = self.options.min_chunk_s * self._decoder.load()
+            step = self.options.min_chunk_s * self._decoder.step_factor()
             due = end - self._decoded_until >= step * SAMPLE_RATE
             full = len(self._audio) >= (self.options.max_buffer_s - self.options.min_chunk_s) \
                 * SAMPLE_RATE
@@ -542,7 +482,7 @@ class StreamingSession:
     def _pad_s(self) -> float | None:
         """The window padding for this session's decodes (None: the model's `window_pad_s`).
         A static prompt (names, terms) is followed closely only on Whisper's full 30 s
-        window: with 10-25 s windows tiny.en spelled "Katelynn Smyth" once in four
+        window: with 10-25 s windows tiny.en often misspelt "Katelynn Smyth"
         (test_context_improves_consistency_across_segments), with 30 s every time."""
         return 30.0 if self.context.static_prompt else None
 
@@ -669,9 +609,9 @@ class StreamingSession:
             future = self._decoder.submit(DecodeRequest(closed.audio, options, window=True,
                                                         pad_s=self._pad_s,
                                                         deadline=self.pacing.due(end)))
-        self._closed_utterances.append(_Pending(closed, future))
+        self._closed_utterances.append(UtteranceDecode(closed, future))
 
-    def _utterance_event(self, pending: _Pending) -> tuple[StreamEvent, int]:
+    def _utterance_event(self, pending: UtteranceDecode) -> tuple[StreamEvent, int]:
         """The utterance's event (its decoded words, or its finals' where the decode is not
         trustworthy) and where its words now end in the rolling context."""
         utterance = pending.utterance
@@ -713,36 +653,6 @@ class StreamingSession:
             self._audio = self._audio[drop:].copy()
             self._audio_start += drop
         self._decoded_until = max(self._decoded_until, self._audio_start)
-
-
-class _Pending:
-    """A closed utterance and its second decode, running on the model's workers."""
-
-    def __init__(self, utterance: Utterance, future: Future[Transcript] | None) -> None:
-        self.utterance, self.future = utterance, future
-        self._submitted, self._done = time.perf_counter(), 0.0
-        if future is not None:
-            future.add_done_callback(self._finished)
-
-    def _finished(self, _: Future[Transcript]) -> None:
-        self._done = time.perf_counter()
-
-    def done(self) -> bool:
-        return self.future is None or self.future.done()
-
-    def result(self) -> Transcript | None:
-        """The second decode, or None when there was none or it failed (the model was
-        unloaded under it): the finals then stand for the utterance."""
-        if self.future is None:
-            return None
-        try:
-            return self.future.result()
-        except Exception:
-            return None
-
-    def elapsed(self) -> float:
-        """Submission to result: the decode's time, plus any wait for a worker."""
-        return max(0.0, (self._done or time.perf_counter()) - self._submitted)
 
 
 def _letters(text: str) -> int:

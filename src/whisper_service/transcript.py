@@ -1,12 +1,25 @@
-"""What a decode gives back: a transcript of segments, each with its words and times.
+"""What a decode is asked for and gives back: the options and the request, and a transcript
+of segments, each with its words and times.
 
-Plain frozen data with no model behind it, so formats, timelines, streaming and the server
-can use it without reaching into the decoder.
+Plain frozen data with no model behind it, so formats, timelines, streaming, utterances and
+the protocols use it without reaching into the engine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .registry import check_language
+
+Task = Literal["transcribe", "translate"]
+WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window: the most one window decode takes
+# Longest hotwords text a client may send (HTTP form and stream config), checked before any
+# model is at hand; a stream's hotwords then count against its prompt's `max_context_tokens`.
+MAX_HOTWORDS_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -41,3 +54,50 @@ class Transcript:
     @property
     def text(self) -> str:
         return "".join(s.text for s in self.segments).strip()
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Decode settings; None language means detect. File decodes pass them all to
+    faster-whisper's `transcribe`; window decodes (streaming) use the decoding ones."""
+
+    language: str | None = None
+    task: Task = "transcribe"
+    beam_size: int = 5
+    word_timestamps: bool = False
+    vad_filter: bool = True
+    initial_prompt: str | tuple[int, ...] | None = None  # text, or its tokens
+    prefix: str | None = None  # forced start of the text: what a stream already committed
+    temperature: float | tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    condition_on_previous_text: bool = True
+    # Names and terms to spell right. File decodes pass them to faster-whisper, which puts them
+    # before the previous text of every window's prompt (except where a prefix is forced);
+    # window decodes ignore them: a stream folds them into its static prompt instead.
+    hotwords: str | None = None
+
+    def __post_init__(self) -> None:
+        check_language(self.language)
+        if self.task not in ("transcribe", "translate"):
+            raise ValueError(f"unsupported task {self.task!r}; use transcribe or translate")
+        if self.beam_size < 1:
+            raise ValueError("beam size must be at least 1")
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """`window`: decode the audio (at most 30 s) as one Whisper window, as streaming wants.
+    `pad_s`: pad that window to a multiple of this (default: the model's `window_pad_s`).
+    `deadline`: when the result is due (`time.monotonic()`; default: now). The batch
+    scheduler serves the earliest due first, so a stream sent ahead of real time waits for
+    the ones that are live (see pacing.py)."""
+
+    audio: np.ndarray
+    options: TranscribeOptions
+    window: bool = False
+    pad_s: float | None = None
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.window and len(self.audio) > WINDOW_SAMPLES:
+            raise ValueError("a window decode takes at most 30 s of audio")
+

@@ -13,12 +13,14 @@ text, not the finals', then becomes the rolling context.
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
 
 from .audio import SAMPLE_RATE
-from .transcribe import Word
+from .transcript import Transcript, Word
 
 # Whisper decodes at most 30 s in one window, so a longer utterance is closed at a buffer cut:
 # at the first one after a sentence end once it spans LONG_UTTERANCE_S, at any past
@@ -150,3 +152,33 @@ class UtteranceRecorder:
 
     def clear(self) -> None:
         self._chunks, self._finals = [], []
+
+
+class UtteranceDecode:
+    """A closed utterance and its second decode, running on the model's workers."""
+
+    def __init__(self, utterance: Utterance, future: Future[Transcript] | None) -> None:
+        self.utterance, self.future = utterance, future
+        self._submitted, self._done = time.perf_counter(), 0.0
+        if future is not None:
+            future.add_done_callback(self._finished)
+
+    def _finished(self, _: Future[Transcript]) -> None:
+        self._done = time.perf_counter()
+
+    def done(self) -> bool:
+        return self.future is None or self.future.done()
+
+    def result(self) -> Transcript | None:
+        """The second decode, or None when there was none or it failed (the model was
+        unloaded under it): the finals then stand for the utterance."""
+        if self.future is None:
+            return None
+        try:
+            return self.future.result()
+        except Exception:
+            return None
+
+    def elapsed(self) -> float:
+        """Submission to result: the decode's time, plus any wait for a worker."""
+        return max(0.0, (self._done or time.perf_counter()) - self._submitted)

@@ -145,7 +145,7 @@ def wait_for_sessions(client: TestClient, count: int, timeout: float = 10.0) -> 
 
 
 def tiny_refs(model_manager) -> int:
-    return model_manager.pipelines[model_manager.key("tiny.en")].refs
+    return model_manager.loaded[model_manager.key("tiny.en")].refs
 
 
 class Neighbour(contextlib.ExitStack):

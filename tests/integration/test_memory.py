@@ -20,8 +20,8 @@ import pytest
 from tests.conftest import DATA, read_wav
 from whisper_service import memory
 from whisper_service.audio import SAMPLE_RATE
+from whisper_service.engine.decoder import warm_up
 from whisper_service.streaming import StreamingSession, StreamOptions
-from whisper_service.transcribe import warm_up
 
 pytestmark = pytest.mark.memory
 

@@ -28,14 +28,14 @@ def test_concurrent_acquire_shares_one_instance(model_manager, tiny_en):
         t.join()
     assert len(got) == 32 and all(m is tiny_en.model for m in got)
     assert model_manager.load_counts[model_manager.key("tiny.en")] == 1
-    assert model_manager.pipelines[model_manager.key("tiny.en")].refs == 1  # the fixture's
+    assert model_manager.loaded[model_manager.key("tiny.en")].refs == 1  # the fixture's
 
 
 def test_unload_really_frees_memory():
     """Runs in a child process so this test run still loads each model once."""
     script = textwrap.dedent("""
         import gc, psutil
-        from whisper_service.models import ModelManager
+        from whisper_service.engine.manager import ModelManager
         from whisper_service.config import get_settings
         rss = lambda: psutil.Process().memory_info().rss / 2**20
         m = ModelManager.from_settings(get_settings())

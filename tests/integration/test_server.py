@@ -161,7 +161,7 @@ def test_bad_input_gets_coded_errors_while_another_session_streams(client_for):
 def test_client_that_vanishes_leaves_nothing_behind(client_for, model_manager):
     client = client_for()
     app = client.app
-    refs = model_manager.pipelines[model_manager.key("tiny.en")].refs
+    refs = model_manager.loaded[model_manager.key("tiny.en")].refs
     threads = threading.active_count()
     names = [t.name for t in threading.enumerate()]
     for _ in range(3):
@@ -177,7 +177,7 @@ def test_client_that_vanishes_leaves_nothing_behind(client_for, model_manager):
     while len(sessions) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(sessions) == 0
-    assert model_manager.pipelines[model_manager.key("tiny.en")].refs == refs
+    assert model_manager.loaded[model_manager.key("tiny.en")].refs == refs
     metrics = client.get("/metrics").text
     assert "whisper_active_sessions 0.0" in metrics
     # anyio's worker threads are pooled
@@ -292,7 +292,7 @@ def test_models_off_the_allow_list_are_refused_alike_and_never_loaded(client_for
     from whisper_service.registry import resolve
 
     client = client_for(models="tiny.en")
-    loaded = set(model_manager.pipelines)
+    loaded = set(model_manager.loaded)
     model_dir = str(resolve("tiny.en", model_manager.cache_dir))
     wav = (DATA / "en_short.wav").read_bytes()
     names = ["/etc", "/no/such/dir", model_dir, "Systran/faster-whisper-large-v3", "base"]
@@ -308,7 +308,7 @@ def test_models_off_the_allow_list_are_refused_alike_and_never_loaded(client_for
             assert error["code"] == "model_not_found"
             assert error["message"].replace(repr(name), "NAME") == answers[0]
     assert len(set(answers)) == 1 and model_dir not in answers[0]
-    assert set(model_manager.pipelines) == loaded
+    assert set(model_manager.loaded) == loaded
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["tiny.en"]
     # What is listed works.
     ok = client.post("/v1/audio/transcriptions", data={"model": "tiny.en"},

@@ -7,19 +7,14 @@ import pytest
 from faster_whisper import WhisperModel
 
 from tests.conftest import DATA, assert_wer, duration, english_wer, read_wav, reference
-from whisper_service import transcribe
 from whisper_service.audio import iter_audio
 from whisper_service.chunked import decode_chunks
 from whisper_service.context import init_context
+from whisper_service.engine import windows
+from whisper_service.engine.decoder import Decoder
+from whisper_service.engine.windows import decode_windows, prepare_window
 from whisper_service.text import normalize
-from whisper_service.transcribe import (
-    Decoder,
-    DecodeRequest,
-    TranscribeOptions,
-    Transcript,
-    decode_windows,
-    prepare_window,
-)
+from whisper_service.transcript import DecodeRequest, TranscribeOptions, Transcript
 
 pytestmark = pytest.mark.integration
 
@@ -144,15 +139,15 @@ def test_window_path_matches_faster_whisper(tiny_en, name, prompt, prefix):
 
 @pytest.mark.once  # what is checked does not depend on the arithmetic
 def test_a_window_generates_no_more_tokens_than_its_audio_can_hold(tiny_en, monkeypatch):
-    """The cap on generated tokens (transcribe.max_new_tokens) reaches the search: with room
+    """The cap on generated tokens (windows.max_new_tokens) reaches the search: with room
     for 3 tokens, a 7.9 s window of clear speech stops after 3, text token or timestamp."""
     audio = read_wav_data("en_short")
     options = TranscribeOptions(language="en", beam_size=1, vad_filter=False, temperature=0.0)
     alone = dataclasses.replace(tiny_en, scheduler=None)
     whole = Decoder(alone).decode(DecodeRequest(audio, options, window=True))
     assert len(whole.text.split()) >= 10  # the speech, uncut
-    monkeypatch.setattr(transcribe, "MIN_NEW_TOKENS", 3)
-    monkeypatch.setattr(transcribe, "TOKENS_PER_SECOND", 0)
+    monkeypatch.setattr(windows, "MIN_NEW_TOKENS", 3)
+    monkeypatch.setattr(windows, "TOKENS_PER_SECOND", 0)
     capped = Decoder(alone).decode(DecodeRequest(audio, options, window=True))
     assert sum(len(seg.tokens) for seg in capped.segments) <= 3
     assert len(capped.text.split()) <= 2 and whole.text.startswith(capped.text.strip())
@@ -208,7 +203,8 @@ def test_long_file_in_chunks_reads_like_the_whole(tiny_en):
     path = DATA / "en_long.wav"
     options = TranscribeOptions(language="en", word_timestamps=True)
     result = decode_chunks(Decoder(tiny_en), iter_audio(path, chunk_s=20), options)
-    assert_wer("chunked tiny.en en_long", reference("en_long"), result.text, 0.1)
+    # The bound is set by the margins table in tests/README.md.
+    assert_wer("chunked tiny.en en_long", reference("en_long"), result.text, 0.12)
     assert result.duration == pytest.approx(duration("en_long"), abs=0.01)
     segments = result.segments
     assert [s.id for s in segments] == list(range(1, len(segments) + 1))

@@ -9,7 +9,7 @@ from concurrent.futures import wait
 import numpy as np
 import pytest
 
-from whisper_service.batching import BatchScheduler, SchedulerClosed
+from whisper_service.engine.scheduler import BatchScheduler, SchedulerClosed
 
 
 class Runner:
@@ -91,7 +91,7 @@ def test_the_request_heading_a_batch_sets_how_many_may_share_it():
 
 
 def test_windows_longer_than_the_common_length_share_smaller_batches():
-    from whisper_service.transcribe import Window
+    from whisper_service.engine.windows import Window
 
     def window(seconds: int) -> Window:
         return Window(np.zeros((80, seconds * 100), np.float32), 100, 1.0, (), None)
@@ -199,16 +199,16 @@ def test_file_decodes_share_the_slots():
 def test_a_session_steps_longer_as_windows_queue_per_worker():
     from types import SimpleNamespace
 
-    from whisper_service.transcribe import Decoder
+    from whisper_service.engine.decoder import Decoder
 
     scheduler = SimpleNamespace(depth=0, workers=2, max_batch=8)
     decoder = Decoder(SimpleNamespace(scheduler=scheduler))
     loads = []
     for depth in (0, 1, 4):
         scheduler.depth = depth
-        loads.append(decoder.load())
+        loads.append(decoder.step_factor())
     assert loads == [1.0, 2.0, 5.0]
-    assert Decoder(SimpleNamespace(scheduler=None)).load() == 1.0  # batching off: no signal
+    assert Decoder(SimpleNamespace(scheduler=None)).step_factor() == 1.0  # batching off: no signal
 
 
 def test_wait_idle_returns_once_nothing_is_queued_or_running():
@@ -225,7 +225,7 @@ def test_wait_idle_returns_once_nothing_is_queued_or_running():
 
 
 def test_utilization_is_the_busy_share_of_the_workers_over_the_last_seconds(monkeypatch):
-    from whisper_service import batching
+    from whisper_service.engine import scheduler as batching
 
     monkeypatch.setattr(batching, "UTILIZATION_WINDOW_S", 0.5)
     slow = Runner()

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from whisper_service.chunked import decode_chunks, quiet_cut
-from whisper_service.models import LoadedModel, ModelKey
-from whisper_service.transcribe import Decoder, TranscribeOptions
+from whisper_service.engine.decoder import Decoder
+from whisper_service.engine.model import LoadedModel, ModelKey
+from whisper_service.transcript import TranscribeOptions
 
 RATE = 16000
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from whisper_service.config import Settings, describe_error
+from whisper_service.config import Settings, describe_error, settings_table
 from whisper_service.context import WHISPER_MAX_PROMPT_TOKENS
 from whisper_service.streaming import StreamOptions
 
@@ -56,15 +55,21 @@ def test_overrides_are_validated_like_the_environment():
     assert (options.beam_size, options.max_buffer_s, options.language) == (1, 6, "de")
 
 
-def _documented(path: Path, heading: str) -> set[str]:
-    """The WHISPER_SERVICE_* names in the first table after `heading`."""
-    text = path.read_text(encoding="utf-8")
-    section = text[text.index(heading):]
-    table = re.search(r"\n(\|.*\n)+", section).group(0)
-    return set(re.findall(r"^\| `(WHISPER_SERVICE_[A-Z_]+)` \|", table, re.MULTILINE))
+def test_the_settings_table_is_the_one_in_the_docs():
+    """docs/configuration.md holds the table made from the settings' declarations, so a
+    setting's default, bounds and meaning are written once, in config.py."""
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert settings_table() in page, "regenerate: .venv/bin/python -m whisper_service.config"
+    table = settings_table()
+    assert all(f"`WHISPER_SERVICE_{name.upper()}`" in table for name in Settings.model_fields)
+    for other in ("README.md", "docs/protocol.md", "docs/deploy.md", "docs/security.md"):
+        rows = [line for line in (ROOT / other).read_text(encoding="utf-8").splitlines()
+                if line.startswith("| `WHISPER_SERVICE_")]
+        assert not rows, f"{other} writes settings out again: {rows[:2]}"
 
 
-def test_every_setting_is_documented():
-    fields = {f"WHISPER_SERVICE_{name.upper()}" for name in Settings.model_fields}
-    assert fields == _documented(ROOT / "README.md", "## Configuration")
-    assert fields == _documented(ROOT / "docs" / "protocol.md", "## Limits")
+def test_the_table_shows_defaults_and_bounds_as_declared():
+    table = settings_table()
+    assert "| `WHISPER_SERVICE_MIN_CHUNK_S` | `0.6` | ≥ 0.1, ≤ 5 |" in table
+    assert "| `WHISPER_SERVICE_API_KEY` | unset | – |" in table
+    assert "| `WHISPER_SERVICE_UTTERANCES` | `true` | – |" in table

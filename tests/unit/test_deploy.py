@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 
-# README.md, "Benchmarks" (2 cores, 2 decode workers), the figures the requests are sized on:
+# docs/benchmarks.md (2 cores, 2 decode workers), the figures the requests are sized on:
 BASE_IDLE_MB = 371  # Memory: server RSS idle, base
 STREAM_PEAK_MB = 11  # Memory: per extra client (peak), base at 16 clients
 UPLOAD_PEAK_MB = 206  # upload table and "120 s chunks at +179-206 MB": one file job's peak

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from whisper_service.features import BoundedFeatureExtractor
+from whisper_service.engine.features import BoundedFeatureExtractor
 
 
 @pytest.fixture(scope="module")

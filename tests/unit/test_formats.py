@@ -5,7 +5,7 @@ import srt
 import webvtt
 
 from whisper_service.formats import render, timestamp
-from whisper_service.transcribe import Segment, Transcript, Word
+from whisper_service.transcript import Segment, Transcript, Word
 
 TRANSCRIPT = Transcript(
     language="en", language_probability=0.98, duration=4000.5,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from whisper_service.guards import credits_start, is_hallucination, loop_start
-from whisper_service.transcribe import Segment
+from whisper_service.transcript import Segment
 
 
 def seg(text: str, no_speech_prob: float = 0.01, avg_logprob: float = -0.2) -> Segment:

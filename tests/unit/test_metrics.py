@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from types import MappingProxyType, SimpleNamespace
 
+from whisper_service.engine.model import ModelKey
 from whisper_service.metrics import Metrics
-from whisper_service.models import ModelKey
 
 
 class FakeManager:
@@ -16,7 +16,7 @@ class FakeManager:
         # What /metrics reads of a model's BatchScheduler; "base" decodes without one.
         scheduler = SimpleNamespace(depth=3, batch_sizes=Counter({1: 2, 4: 1, 8: 1}),
                                     wait_s_total=0.75, utilization=lambda: 0.625)
-        self.pipelines = {ModelKey("tiny.en", "cpu", "int8"): SimpleNamespace(scheduler=scheduler),
+        self.loaded = {ModelKey("tiny.en", "cpu", "int8"): SimpleNamespace(scheduler=scheduler),
                           ModelKey("base", "cpu", "int8"): SimpleNamespace(scheduler=None)}
 
     def stats(self) -> dict:

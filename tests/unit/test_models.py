@@ -9,10 +9,11 @@ import pytest
 from faster_whisper.feature_extractor import FeatureExtractor
 
 from tests.conftest import held
-from whisper_service import models, registry
+from whisper_service import registry
 from whisper_service.config import Settings
-from whisper_service.features import BoundedFeatureExtractor
-from whisper_service.models import ModelInUseError, ModelManager
+from whisper_service.engine import model as models
+from whisper_service.engine.features import BoundedFeatureExtractor
+from whisper_service.engine.manager import ModelInUseError, ModelManager
 
 
 class FakeWeights:
@@ -52,15 +53,15 @@ def test_32_threads_cause_one_load(manager):
     assert len(results) == 32
     assert len({id(r.model) for r in results}) == 1
     assert manager.load_counts[manager.key("tiny.en")] == 1
-    assert manager.pipelines[manager.key("tiny.en")].refs == 32
+    assert manager.loaded[manager.key("tiny.en")].refs == 32
 
 
 def test_different_models_load_separately(manager):
     a, b = manager.get("tiny.en"), manager.get("base")
     assert a.model is not b.model
-    assert set(k.name for k in manager.pipelines) == {"tiny.en", "base"}
+    assert set(k.name for k in manager.loaded) == {"tiny.en", "base"}
     with pytest.raises(TypeError):
-        manager.pipelines[manager.key("x")] = a  # read-only view
+        manager.loaded[manager.key("x")] = a  # read-only view
 
 
 def test_unload_refuses_while_in_use_then_frees(manager):
@@ -70,7 +71,7 @@ def test_unload_refuses_while_in_use_then_frees(manager):
             manager.unload("base")
     assert manager.unload("base") is True
     assert weights.unloaded
-    assert manager.key("base") not in manager.pipelines
+    assert manager.key("base") not in manager.loaded
     assert manager.unload("base") is False
     manager.get("base")
     assert manager.load_counts[manager.key("base")] == 2
@@ -88,7 +89,7 @@ def test_idle_ttl_evicts_only_unheld(manager):
     manager.get("base")
     evicted = manager.evict_idle(now=time.monotonic() + 11)
     assert evicted == ["base"]
-    assert manager.key("tiny.en") in manager.pipelines
+    assert manager.key("tiny.en") in manager.loaded
     manager.release(held)
     assert manager.evict_idle(now=time.monotonic() + 11) == ["tiny.en"]
 
@@ -99,7 +100,7 @@ def test_cap_evicts_least_recently_used(manager):
     manager.get("b")
     manager.get("a")  # b is now least recently used
     manager.get("c")
-    assert {k.name for k in manager.pipelines} == {"a", "c"}
+    assert {k.name for k in manager.loaded} == {"a", "c"}
     with held(manager, "a"), held(manager, "c"):
         with pytest.raises(ModelInUseError, match="in use"):
             manager.get("d")
@@ -129,7 +130,7 @@ def test_device_and_compute_type_pass_through(monkeypatch, tmp_path):
     manager.get("base")
     assert seen == {"path": str(tmp_path), "device": "cuda", "compute_type": "float16",
                     "cpu_threads": 3, "num_workers": 4}
-    assert models.ModelKey("base", "cuda", "float16") in manager.pipelines
+    assert models.ModelKey("base", "cuda", "float16") in manager.loaded
     # Features in bounded memory, with the model's own mel count (large-v3 has 128).
     extractor = manager.get("base").model.feature_extractor
     assert type(extractor) is BoundedFeatureExtractor and extractor.mel_filters.shape[0] == 128

@@ -15,7 +15,6 @@ from starlette.testclient import TestClient
 from whisper_service.audio import AudioTooLong
 from whisper_service.config import Settings
 from whisper_service.context import init_context
-from whisper_service.protocol import ProtocolError, StreamConfig, parse_config, parse_json
 from whisper_service.server.errors import ApiError
 from whisper_service.server.sse import (
     TextDeltas,
@@ -24,8 +23,14 @@ from whisper_service.server.sse import (
     error_event,
     event,
 )
+from whisper_service.server.stream_protocol import (
+    ProtocolError,
+    StreamConfig,
+    parse_config,
+    parse_json,
+)
 from whisper_service.streaming import StreamingSession
-from whisper_service.transcribe import MAX_HOTWORDS_CHARS, Segment, Transcript
+from whisper_service.transcript import MAX_HOTWORDS_CHARS, Segment, Transcript
 from whisper_service.vad import VadOptions
 
 

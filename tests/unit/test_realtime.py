@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from whisper_service.realtime_protocol import (
+from whisper_service.server.realtime_protocol import (
     RealtimeConfig,
     RealtimeError,
     Turns,

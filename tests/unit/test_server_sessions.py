@@ -13,7 +13,7 @@ from whisper_service.server.service import Sessions
 
 
 def sessions(limit: int = 4, max_lag_s: float = 2.0, per_client: int = 0) -> Sessions:
-    manager = SimpleNamespace(load_counts=MappingProxyType({}), pipelines={},
+    manager = SimpleNamespace(load_counts=MappingProxyType({}), loaded={},
                               stats=lambda: {"loaded": {}})
     return Sessions(limit, max_lag_s, Metrics(manager), per_client=per_client)
 

@@ -30,10 +30,10 @@ import tokenizers
 from whisper_service.config import Settings
 from whisper_service.context import PROMPT_STEP, RollingContext, init_context
 from whisper_service.guards import loop_start
+from whisper_service.policy import LocalAgreement
 from whisper_service.streaming import (
     BLOCK,
     PREROLL,
-    LocalAgreement,
     SessionCancelled,
     StreamEvent,
     StreamingSession,
@@ -41,7 +41,7 @@ from whisper_service.streaming import (
     _after,
 )
 from whisper_service.text import normalize
-from whisper_service.transcribe import DecodeRequest, Segment, TranscribeOptions, Transcript, Word
+from whisper_service.transcript import DecodeRequest, Segment, TranscribeOptions, Transcript, Word
 from whisper_service.utterances import fill_gaps
 from whisper_service.vad import VadOptions, get_vad_model
 
@@ -228,7 +228,7 @@ class GridDecoder:
     pressure = 1.0  # what `load()` reports: the scheduler's queue, as a step multiplier
     relabel_prefix = True  # the forced prefix's words come back as its text has them
 
-    def load(self) -> float:
+    def step_factor(self) -> float:
         return self.pressure
 
     def locate(self, audio: np.ndarray) -> int:

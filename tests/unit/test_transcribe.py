@@ -14,13 +14,9 @@ import numpy as np
 import pytest
 
 from whisper_service.chunked import decode_chunks
-from whisper_service.models import LoadedModel, ModelKey
-from whisper_service.transcribe import (
-    MAX_HOTWORDS_TOKENS,
-    Decoder,
-    DecodeRequest,
-    TranscribeOptions,
-)
+from whisper_service.engine.decoder import MAX_HOTWORDS_TOKENS, Decoder
+from whisper_service.engine.model import LoadedModel, ModelKey
+from whisper_service.transcript import DecodeRequest, TranscribeOptions
 
 
 class CountingModel:

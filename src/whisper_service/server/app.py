@@ -12,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..config import Settings, get_settings
-from ..models import ModelManager
+from ..engine.decoder import warm_up
+from ..engine.manager import ModelManager
 from ..registry import ModelNotFoundError
-from ..transcribe import warm_up
 from ..vad import get_vad_model
 from . import health, openai, realtime, stream, tickets
 from .admission import UPLOAD_ENVELOPE_BYTES, RateLimitMiddleware, UploadGuard

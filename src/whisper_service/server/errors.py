@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..protocol import ProtocolError
+from .stream_protocol import ProtocolError
 
 __all__ = ["ApiError", "ProtocolError", "api_error_handler", "error_response",
            "http_error_handler", "model_not_found_handler", "validation_error_handler"]

@@ -33,7 +33,7 @@ async def ready(service: ServiceDep) -> JSONResponse:
     from the moment a SIGTERM starts the drain, so load balancers send new clients elsewhere
     while open streams finish here."""
     name = service.settings.default_model
-    loaded = service.manager.key(name) in service.manager.pipelines
+    loaded = service.manager.key(name) in service.manager.loaded
     draining = service.sessions.draining
     ready = loaded and not draining
     return JSONResponse({"ready": ready, "draining": draining, "default_model": name,

@@ -25,18 +25,13 @@ from starlette.concurrency import run_in_threadpool
 from ..audio import AudioError, AudioTooLong, iter_audio
 from ..chunked import decode_chunks
 from ..config import Settings
+from ..engine.decoder import Decoder
+from ..engine.manager import ModelInUseError
+from ..engine.model import LoadedModel
+from ..engine.windows import prompt_tokens
 from ..formats import MEDIA_TYPES, render
-from ..models import LoadedModel, ModelInUseError
 from ..registry import ModelNotFoundError, parse_language
-from ..transcribe import (
-    MAX_HOTWORDS_CHARS,
-    Decoder,
-    Segment,
-    Task,
-    TranscribeOptions,
-    Transcript,
-    prompt_tokens,
-)
+from ..transcript import MAX_HOTWORDS_CHARS, Segment, Task, TranscribeOptions, Transcript
 from .admission import UPLOAD_ENVELOPE_BYTES
 from .errors import ApiError
 from .service import Service, get_service
@@ -119,7 +114,7 @@ def _refuse_while_draining(service: Service) -> None:
 
 @router.get("/models")
 async def list_models(service: ServiceDep) -> dict[str, Any]:
-    loaded = {k.name: m for k, m in service.manager.pipelines.items()}
+    loaded = {k.name: m for k, m in service.manager.loaded.items()}
     names = service.allowed_models  # exactly what clients may request
     return {"object": "list", "data": [
         {"id": name, "object": "model", "owned_by": "whisper-service",

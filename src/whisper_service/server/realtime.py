@@ -24,9 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from ..audio import SAMPLE_RATE, AudioError, Resampler, pcm_to_float
-from ..models import ModelInUseError
-from ..protocol import ProtocolError
-from ..realtime_protocol import (
+from ..engine.manager import ModelInUseError
+from ..registry import ModelNotFoundError
+from ..streaming import StreamEvent, StreamingSession, StreamOptions
+from .admission import client_id
+from .handshake import EVICTED, admit, close_with_error, first_message, refused_while_draining
+from .realtime_protocol import (
     MIN_COMMIT_S,
     Dialect,
     RealtimeConfig,
@@ -35,20 +38,11 @@ from ..realtime_protocol import (
     audio_bytes,
     server_event,
 )
-from ..registry import ModelNotFoundError
-from ..streaming import StreamEvent, StreamingSession, StreamOptions
-from .admission import client_id
-from .feeding import push, wait_for_room
-from .handshake import EVICTED, admit, close_with_error, first_message, refused_while_draining
 from .service import Service, get_service
+from .session_loop import Audio, SessionLoop
+from .stream_protocol import ProtocolError
 
 router = APIRouter()
-
-
-@dataclass(frozen=True)
-class Append:
-    samples: np.ndarray  # 16 kHz mono float32
-    arrived_at: float  # time.monotonic() when it came off the socket
 
 
 @dataclass(frozen=True)
@@ -66,7 +60,7 @@ class Failed:
     event_id: str | None = None
 
 
-Item = Append | Control | Failed
+Item = Audio | Control | Failed
 UPDATES = ("session.update", "transcription_session.update")
 
 
@@ -75,12 +69,13 @@ async def realtime(ws: WebSocket) -> None:
     await RealtimeHandler(ws, get_service(ws)).run()
 
 
-class RealtimeHandler:
+class RealtimeHandler(SessionLoop):
     """One Realtime connection: a config, a session opened with the first audio (and again
-    after an update that follows audio), and the turns of its events."""
+    after an update that follows audio), and the turns of its events. An adapter over the
+    session loop `/v1/stream` runs too (session_loop.py)."""
 
     def __init__(self, ws: WebSocket, service: Service) -> None:
-        self.ws, self.service, self.settings = ws, service, service.settings
+        super().__init__(ws, service)
         self.session_id = ""
         self.dialect: Dialect = "beta" if "realtime=v1" in ws.headers.get("openai-beta", "") \
             else "ga"
@@ -115,7 +110,7 @@ class RealtimeHandler:
                                         lambda: self._close_with_error(EVICTED))
             with self.service.sessions.open(client_id(self.ws), key) as (_, finish):
                 try:
-                    await self._serve(finish, first)
+                    await self.loop(finish, [self._parse(first)])
                 finally:
                     if self.session is not None:
                         self.session.close()
@@ -126,59 +121,14 @@ class RealtimeHandler:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    async def _serve(self, finish: asyncio.Event, first: dict[str, Any]) -> None:
-        queue: asyncio.Queue[Item | None] = asyncio.Queue()
-        queue.put_nowait(self._parse(first))
-        reader = asyncio.create_task(self._read(queue))
-        finisher = asyncio.create_task(finish.wait())
-        started = time.monotonic()
-        try:
-            while True:
-                items = await self._next_items(queue, reader, finisher)
-                if items is None:
-                    return await self._finish("server shutting down", 1001)
-                await self._handle([i for i in items if i is not None], reader)
-                if None in items:
-                    await self._send(RealtimeError(
-                        "idle_timeout", f"no event for {self.settings.idle_timeout_s:.0f} s",
-                        kind="server_error").event())
-                    return await self._finish("idle timeout", 1000)
-                if time.monotonic() - started > self.settings.max_session_s:
-                    await self._send(RealtimeError(
-                        "session_too_long", f"session exceeded {self.settings.max_session_s:.0f}"
-                        " s", kind="server_error").event())
-                    return await self._finish("maximum session duration", 1000)
-        finally:
-            for task in (reader, finisher):
-                task.cancel()
-            await asyncio.gather(reader, finisher, return_exceptions=True)
+    def second_decode(self) -> asyncio.Future | None:
+        """A turn's utterance decode that finishes is sent at once: its `completed` must not
+        wait for more audio."""
+        return self._utterance_decode()
 
-    async def _next_items(self, queue: asyncio.Queue[Item | None], reader: asyncio.Task,
-                          finisher: asyncio.Task) -> list[Item | None] | None:
-        """What queued up (None in it: idle), or None on drain. A turn's utterance decode that
-        finishes meanwhile is sent at once: its `completed` must not wait for more audio."""
-        while True:
-            getter = asyncio.create_task(queue.get())
-            waiting = {getter, finisher, reader}
-            decode = self._utterance_decode()
-            if decode is not None:
-                waiting.add(decode)
-            try:
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not getter.done():
-                    getter.cancel()
-            if finisher in done:
-                return None
-            if getter in done:
-                items = [getter.result()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                return items
-            if reader in done:
-                reader.result()  # the reader's disconnect or fatal error
-            if self.session is not None and self.session.utterances_due:
-                await self._forward(await run_in_threadpool(self.session.decode_utterances))
+    async def on_second_decode(self) -> None:
+        if self.session is not None and self.session.utterances_due:
+            await self._forward(await run_in_threadpool(self.session.decode_utterances))
 
     def _utterance_decode(self) -> asyncio.Future | None:
         """The running utterance decode, to wait on. One wrapper per decode, never cancelled:
@@ -190,11 +140,12 @@ class RealtimeHandler:
             self._decode_wait = (running, asyncio.wrap_future(running))
         return self._decode_wait[1] if self._decode_wait else None
 
-    async def _handle(self, items: list[Item], reader: asyncio.Task) -> None:
-        """In order; runs of appended audio are pushed as one chunk, as `/v1/stream` does."""
-        audio: list[Append] = []
+    async def handle(self, items: list[Item], reader: asyncio.Task) -> str | None:
+        """In order; runs of appended audio are pushed as one chunk, as `/v1/stream` does.
+        Only the loop ends a Realtime session (a drain, idle, the time limit)."""
+        audio: list[Audio] = []
         for item in [*items, None]:
-            if isinstance(item, Append):
+            if isinstance(item, Audio):
                 audio.append(item)
                 continue
             if audio:
@@ -207,8 +158,9 @@ class RealtimeHandler:
                     await self._control(item.event)
                 except RealtimeError as exc:
                     await self._send(exc.event(item.event.get("event_id")))
+        return None
 
-    async def _push(self, audio: list[Append], reader: asyncio.Task) -> None:
+    async def _push(self, audio: list[Audio], reader: asyncio.Task) -> None:
         samples = np.concatenate([item.samples for item in audio])
         if self.session is None:
             if self._refused is not None and self._refused.code != "server_busy":
@@ -224,14 +176,9 @@ class RealtimeHandler:
                 return
             self._refused = None
         session = self.session
-        for item in audio:
-            session.pacing.arrived(len(item.samples), item.arrived_at)
         self.uncommitted_s += len(samples) / SAMPLE_RATE
-        key = self.session_id.removeprefix("sess_")
-        self.service.sessions.report_lag(key)
-        self.service.metrics.audio_seconds.labels("stream").inc(len(samples) / SAMPLE_RATE)
-        await self._forward(await push(session, samples, reader,
-                                       lambda: self.service.sessions.forget(key)))
+        await self._forward(await self.push_audio(
+            session, self.session_id.removeprefix("sess_"), audio, reader))
         if session.utterances_due:
             await self._forward(await run_in_threadpool(session.decode_utterances))
 
@@ -306,25 +253,23 @@ class RealtimeHandler:
             self.offset_s += session.stats["audio_s"]
             session.close()
 
-    async def _finish(self, reason: str, code: int) -> None:
+    async def finish(self, reason: str, code: int) -> None:
         await self._close_session()
         await self.ws.close(code, reason)
 
+    async def drain(self, queued: list[Item]) -> None:
+        await self.finish("server shutting down", 1001)
+
+    async def send_error(self, error: ProtocolError) -> None:
+        """The loop's own errors (`idle_timeout`, `session_too_long`) are the server's."""
+        await self._send(RealtimeError(error.code, error.message, kind="server_error").event())
+
+    async def items(self, message: dict[str, Any]) -> list[Item]:
+        return [self._parse(message)]
+
     # -- reading ------------------------------------------------------------------------------
 
-    async def _read(self, queue: asyncio.Queue[Item | None]) -> None:
-        timeout = self.settings.idle_timeout_s
-        while True:
-            await wait_for_room(self._ahead_s, self.settings.max_ahead_s)
-            try:
-                message = await asyncio.wait_for(self.ws.receive(), timeout)
-            except TimeoutError:
-                return await queue.put(None)
-            if message["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(message.get("code", 1000))
-            await queue.put(self._parse(message))
-
-    def _ahead_s(self) -> float:
+    def ahead_s(self) -> float:
         """Audio received (queued or pushed) that no session has heard yet."""
         heard = self.session.heard / SAMPLE_RATE if self.session is not None else 0.0
         return self.received_s - self.dropped_s - self.offset_s - heard
@@ -354,7 +299,7 @@ class RealtimeHandler:
             except AudioError as exc:
                 return Failed(RealtimeError("invalid_audio", str(exc), "audio"), event_id)
             self.received_s += len(samples) / SAMPLE_RATE
-            return Append(samples, time.monotonic())
+            return Audio(samples, time.monotonic())
         if kind in (*UPDATES, "input_audio_buffer.commit", "input_audio_buffer.clear"):
             return Control(event)
         return Failed(RealtimeError("unsupported_event", f"event type {kind!r} is not served "

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from starlette.requests import HTTPConnection
 
 from ..config import Settings
+from ..engine.manager import ModelManager
 from ..metrics import Metrics
-from ..models import ModelManager
 from ..registry import BUNDLED, ModelNotFoundError
 from .admission import FileAdmission, PendingSockets, RateLimiter
 from .auth import ApiKey

@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..transcribe import Segment, Transcript
+from ..transcript import Segment, Transcript
 from .errors import ApiError
 
 # Segments the decoder may run ahead of a slow client; then it waits, outside the model's

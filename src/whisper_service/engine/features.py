@@ -1,13 +1,11 @@
 """Whisper's log-Mel features, as faster-whisper computes them, in bounded working memory.
 
 faster-whisper's `FeatureExtractor` frames the whole waveform at once: its temporaries (the
-frames, their spectra, the magnitudes) take about 1 MB per second of audio, 29 MB for one
-30 s utterance (tracemalloc). Sessions compute features on their own threads, several at
-once under load, and the heap keeps its peak (memory.tune_heap). Here the same steps (the
-parent's `stft` and mel filters) run over blocks of frames into one preallocated output: 10
-MB for 30 s, most of it the padded copy of the audio. (The server's growth from 8 to 16
-clients that remained with or without this was the decodes' working memory, which
-`transcribe.warm_up` now pays at start-up.)
+frames, their spectra, the magnitudes) grow with the audio, several times the features
+themselves. Sessions compute features on their own threads, several at once under load, and
+the heap keeps its peak (memory.tune_heap). Here the same steps (the parent's `stft` and mel
+filters) run over blocks of frames into one preallocated output, so the temporaries are a
+block's, and most of what remains is the padded copy of the audio.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
 
-BLOCK_FRAMES = 500  # 5 s of frames: about 3 MB of temporaries
+BLOCK_FRAMES = 500  # 5 s of frames per block
 
 
 class BoundedFeatureExtractor(FeatureExtractor):

@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .registry import parse_language
-from .streaming import StreamEvent
-from .transcribe import MAX_HOTWORDS_CHARS
-from .vad import VadOptions
+from ..registry import parse_language
+from ..streaming import StreamEvent
+from ..transcript import MAX_HOTWORDS_CHARS
+from ..vad import VadOptions
 
 Dialect = Literal["ga", "beta"]
 AudioFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]

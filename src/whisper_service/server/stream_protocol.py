@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .audio import SAMPLE_RATE, Encoding
-from .registry import parse_language
-from .streaming import StreamOptions
-from .transcribe import MAX_HOTWORDS_CHARS
-from .vad import VadOptions
+from ..audio import SAMPLE_RATE, Encoding
+from ..registry import parse_language
+from ..streaming import StreamOptions
+from ..transcript import MAX_HOTWORDS_CHARS
+from ..vad import VadOptions
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
 
 MIN_RATE, MAX_RATE = 8000, 48000
 

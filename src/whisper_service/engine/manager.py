@@ -12,53 +12,27 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from . import memory, registry
-from .batching import BatchScheduler
-from .config import Settings, get_settings
-from .context import WHISPER_MAX_PROMPT_TOKENS, init_context
+from .. import memory, registry
+from ..config import Settings, get_settings
+from ..context import WHISPER_MAX_PROMPT_TOKENS, init_context
 from .features import BoundedFeatureExtractor
-from .transcribe import Transcript, Window, decode_windows
+from .model import LoadedModel, ModelKey
+from .scheduler import BatchScheduler
+from .windows import Window, decode_windows
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
-    from .context import RollingContext
-
-
-class ModelKey(NamedTuple):
-    name: str
-    device: str
-    compute_type: str
+    from ..context import RollingContext
 
 
 class ModelInUseError(RuntimeError):
     """Unloading or evicting a model that sessions still hold."""
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    key: ModelKey
-    model: WhisperModel
-    path: Path
-    load_seconds: float
-    # Decodes running at once: CTranslate2 runs num_workers anyway and queues the rest, so
-    # waiting here first keeps the decode working memory per worker, not per session.
-    slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
-    window_pad_s: float = 30.0  # streaming windows are padded to a multiple of this
-    batch_beam_size: int = 0  # beam size for windows decoded under load; 0: their own
-    scheduler: BatchScheduler[Window, Transcript] | None = None  # batches window decodes
-    refs: int = 0
-    last_used: float = field(default_factory=time.monotonic)
-
-    @property
-    def multilingual(self) -> bool:
-        return bool(self.model.model.is_multilingual)
 
 
 class ModelManager:
@@ -117,7 +91,7 @@ class ModelManager:
         return ModelKey(name, self.device, self.compute_type)
 
     @property
-    def pipelines(self) -> Mapping[ModelKey, LoadedModel]:
+    def loaded(self) -> Mapping[ModelKey, LoadedModel]:
         """Read-only view of what is loaded right now."""
         return MappingProxyType(self._loaded)
 
