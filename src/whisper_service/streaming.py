@@ -221,12 +221,9 @@ class StreamingSession:
 
     @property
     def lag_s(self) -> float:
-        """Audio pushed but not yet decoded: how far the session is behind its client. Audio
-        outside speech needs no decode, so only the VAD's block remainder counts there."""
-        undecoded = len(self._pending)
-        if self._in_speech:
-            undecoded += self._audio_start + len(self._audio) - self._decoded_until
-        return undecoded / SAMPLE_RATE
+        """Audio pushed but not yet heard (`heard`): how far the session is behind its client.
+        Audio outside speech needs no decode, so only the VAD's block remainder counts there."""
+        return (self._pushed - self.heard) / SAMPLE_RATE
 
     @property
     def transcript(self) -> str:
