@@ -5,8 +5,8 @@ import pytest
 
 from tests.conftest import DATA, assert_wer, english_wer, read_wav, reference
 from whisper_service.engine.decoder import Decoder
-from whisper_service.guards import loop_start
 from whisper_service.streaming import StreamingSession, StreamOptions, replay
+from whisper_service.streaming.guards import loop_start
 from whisper_service.text import normalize
 from whisper_service.transcript import DecodeRequest, TranscribeOptions
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_service.guards import credits_start, is_hallucination, loop_start
+from whisper_service.streaming.guards import credits_start, is_hallucination, loop_start
 from whisper_service.transcript import Segment
 
 

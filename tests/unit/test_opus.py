@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import DATA, read_wav
-from whisper_service import audio
-from whisper_service.audio import AudioError, BrokenAudio, OpusStream
+from whisper_service import opus
+from whisper_service.audio import AudioError
+from whisper_service.opus import BrokenAudio, OpusStream
 
 MS = 16  # samples per millisecond at 16 kHz
 
@@ -148,12 +149,12 @@ def test_bytes_after_a_packet_do_not_change_it(files, monkeypatch):
     """FFmpeg's decoders read past a packet's end and expect zeros there: without the padding,
     whatever followed a packet in memory changed its samples (by up to 0.12 here)."""
     clean = decode("ogg_opus", [files["ogg_opus"]])
-    feed = audio._OggOpus.feed
+    feed = opus._OggOpus.feed
 
     def followed_by_garbage(self, data: bytes) -> list[memoryview]:
         return [memoryview(p + b"\xff" * 64)[:len(p)] for p in feed(self, data)]
 
-    monkeypatch.setattr(audio._OggOpus, "feed", followed_by_garbage)
+    monkeypatch.setattr(opus._OggOpus, "feed", followed_by_garbage)
     assert np.array_equal(decode("ogg_opus", [files["ogg_opus"]]), clean)
 
 
@@ -290,7 +291,7 @@ def test_corrupt_packet_is_skipped_and_reported(opus_packets):
 
 def test_one_message_may_not_decode_to_hours(files, monkeypatch):
     """A byte of Opus can stand for tens of ms: one message is capped in decoded seconds."""
-    monkeypatch.setattr(audio, "MAX_MESSAGE_S", 2.0)
+    monkeypatch.setattr(opus, "MAX_MESSAGE_S", 2.0)
     with pytest.raises(BrokenAudio, match="more than 2 s"):
         OpusStream("webm_opus")(files["webm_opus"])
     stream = OpusStream("webm_opus")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_service.pacing import Pacing
+from whisper_service.streaming.pacing import Pacing
 
 SR = 16000
 

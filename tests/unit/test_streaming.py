@@ -29,20 +29,19 @@ import tokenizers
 
 from whisper_service.config import Settings
 from whisper_service.context import PROMPT_STEP, RollingContext, init_context
-from whisper_service.guards import loop_start
-from whisper_service.policy import LocalAgreement
 from whisper_service.streaming import (
-    BLOCK,
-    PREROLL,
     SessionCancelled,
     StreamEvent,
     StreamingSession,
     StreamOptions,
-    _after,
 )
+from whisper_service.streaming.buffer import PREROLL
+from whisper_service.streaming.guards import loop_start, words_after
+from whisper_service.streaming.policy import LocalAgreement
+from whisper_service.streaming.session import BLOCK
+from whisper_service.streaming.utterances import fill_gaps
 from whisper_service.text import normalize
 from whisper_service.transcript import DecodeRequest, Segment, TranscribeOptions, Transcript, Word
-from whisper_service.utterances import fill_gaps
 from whisper_service.vad import VadOptions, get_vad_model
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -153,14 +152,14 @@ def test_the_later_hypothesis_supplies_the_committed_words():
 ])
 def test_after_strips_the_forced_prefix(prefix, expected):
     words = [sw(0.0, "a"), sw(0.5, "b"), sw(1.0, "c")]
-    assert texts(_after(prefix, words)) == expected
+    assert texts(words_after(prefix, words)) == expected
 
 
 def test_after_counts_letters_not_word_splits():
     """Whisper may split or merge the forced words differently ("it's" -> "it", "'s")."""
     words = [Word(0, 0.2, " it", 1), Word(0.2, 0.3, "'s", 1),
              Word(0.3, 0.6, " fine.", 1), Word(0.7, 1.0, " Next", 1)]
-    assert texts(_after(" it's fine.", words)) == ["Next"]
+    assert texts(words_after(" it's fine.", words)) == ["Next"]
 
 
 def test_commit_all_commits_the_uncommitted_rest():

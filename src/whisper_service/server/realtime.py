@@ -10,32 +10,28 @@ session goes on.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
-import av
 import numpy as np
 from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
-from ..audio import SAMPLE_RATE, AudioError, Resampler, pcm_to_float
+from ..audio import SAMPLE_RATE
 from ..engine.manager import ModelInUseError
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession, StreamOptions
 from .admission import client_id
 from .handshake import EVICTED, admit, close_with_error, first_message, refused_while_draining
+from .realtime_input import UPDATES, Control, EventReader, Failed, Item
 from .realtime_protocol import (
     MIN_COMMIT_S,
     Dialect,
     RealtimeConfig,
     RealtimeError,
     Turns,
-    audio_bytes,
     server_event,
 )
 from .service import Service, get_service
@@ -43,25 +39,6 @@ from .session_loop import Audio, SessionLoop
 from .stream_protocol import ProtocolError
 
 router = APIRouter()
-
-
-@dataclass(frozen=True)
-class Control:
-    """commit, clear or an update, in order with the audio around it."""
-
-    event: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A bad client event: answered with an `error` event."""
-
-    error: RealtimeError
-    event_id: str | None = None
-
-
-Item = Audio | Control | Failed
-UPDATES = ("session.update", "transcription_session.update")
 
 
 @router.websocket("/v1/realtime")
@@ -83,11 +60,9 @@ class RealtimeHandler(SessionLoop):
         self.session: StreamingSession | None = None
         self.turns = Turns(server_vad=True, utterances=self.settings.utterances)
         self.offset_s = 0.0  # audio heard by the sessions before this one
-        self.received_s = 0.0  # audio read from the socket
         self.dropped_s = 0.0  # audio no session heard (none could open)
         self.uncommitted_s = 0.0  # audio since the last turn ended
-        self._resampler = Resampler(self.config.rate)
-        self._g711: av.CodecContext | None = None
+        self.reader = EventReader(self.config, self.settings.max_ws_message_bytes)
         self._decode_wait: tuple[Future, asyncio.Future] | None = None
         self._refused: RealtimeError | None = None  # why this config's session cannot open
 
@@ -110,7 +85,7 @@ class RealtimeHandler(SessionLoop):
                                         lambda: self._close_with_error(EVICTED))
             with self.service.sessions.open(client_id(self.ws), key) as (_, finish):
                 try:
-                    await self.loop(finish, [self._parse(first)])
+                    await self.loop(finish, [self.reader(first)])
                 finally:
                     if self.session is not None:
                         self.session.close()
@@ -190,8 +165,7 @@ class RealtimeHandler(SessionLoop):
                 self._model(config)  # refused now, not at the first audio
             await self._close_session()  # the new settings apply from the next audio
             self.config, self.dialect, self._refused = config, dialect, None
-            self._resampler = Resampler(config.rate)
-            self._g711 = None
+            self.reader.configure(config)
             self.turns.server_vad = config.turn_detection is not None
             await self._send(server_event(self._kind("updated"), session=self._session_object()))
         elif kind == "input_audio_buffer.commit":
@@ -265,61 +239,14 @@ class RealtimeHandler(SessionLoop):
         await self._send(RealtimeError(error.code, error.message, kind="server_error").event())
 
     async def items(self, message: dict[str, Any]) -> list[Item]:
-        return [self._parse(message)]
+        return [self.reader(message)]
 
     # -- reading ------------------------------------------------------------------------------
 
     def ahead_s(self) -> float:
         """Audio received (queued or pushed) that no session has heard yet."""
         heard = self.session.heard / SAMPLE_RATE if self.session is not None else 0.0
-        return self.received_s - self.dropped_s - self.offset_s - heard
-
-    def _parse(self, message: dict[str, Any]) -> Item:
-        text = message.get("text")
-        if text is None:
-            return Failed(RealtimeError("invalid_event", "binary messages are not part of this "
-                                        "protocol; send input_audio_buffer.append events"))
-        limit = self.settings.max_ws_message_bytes * 4 // 3 + 1024  # base64 and the envelope
-        if len(text) > limit:
-            return Failed(RealtimeError("message_too_large", f"event of {len(text)} bytes "
-                                        f"exceeds {limit}"))
-        try:
-            event = json.loads(text)
-        except ValueError as exc:
-            return Failed(RealtimeError("invalid_json", f"event is not valid JSON: {exc}"))
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            return Failed(RealtimeError("invalid_event", "an event must be an object with a "
-                                        "'type'"))
-        kind, event_id = event["type"], event.get("event_id")
-        if kind == "input_audio_buffer.append":
-            try:
-                samples = self._decode(audio_bytes(event))
-            except RealtimeError as exc:
-                return Failed(exc, event_id)
-            except AudioError as exc:
-                return Failed(RealtimeError("invalid_audio", str(exc), "audio"), event_id)
-            self.received_s += len(samples) / SAMPLE_RATE
-            return Audio(samples, time.monotonic())
-        if kind in (*UPDATES, "input_audio_buffer.commit", "input_audio_buffer.clear"):
-            return Control(event)
-        return Failed(RealtimeError("unsupported_event", f"event type {kind!r} is not served "
-                                    "here: transcription sessions take session.update (or "
-                                    "transcription_session.update) and input_audio_buffer."
-                                    "append, commit and clear", "type"), event_id)
-
-    def _decode(self, data: bytes) -> np.ndarray:
-        """PCM16 (little-endian) or G.711 bytes to 16 kHz float32."""
-        if self.config.format == "pcm16":
-            return self._resampler(pcm_to_float(data, "pcm_s16le"))
-        if self._g711 is None:
-            codec = "pcm_mulaw" if self.config.format == "g711_ulaw" else "pcm_alaw"
-            self._g711 = av.CodecContext.create(codec, "r")
-            self._g711.sample_rate, self._g711.layout = self.config.rate, "mono"
-        frames = self._g711.decode(av.Packet(data)) if data else []
-        pcm = [f.to_ndarray().reshape(-1) for f in frames]
-        samples = np.concatenate(pcm).astype(np.float32) / 32768.0 if pcm \
-            else np.zeros(0, np.float32)
-        return self._resampler(samples)
+        return self.reader.received_s - self.dropped_s - self.offset_s - heard
 
     # -- writing ------------------------------------------------------------------------------
 

@@ -19,16 +19,9 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
-from ..audio import (
-    OPUS_ENCODINGS,
-    SAMPLE_RATE,
-    AudioError,
-    BrokenAudio,
-    OpusStream,
-    Resampler,
-    pcm_to_float,
-)
+from ..audio import OPUS_ENCODINGS, SAMPLE_RATE, AudioError, Resampler, pcm_to_float
 from ..engine.manager import ModelInUseError
+from ..opus import BrokenAudio, OpusStream
 from ..registry import ModelNotFoundError
 from ..streaming import StreamEvent, StreamingSession
 from .admission import client_id

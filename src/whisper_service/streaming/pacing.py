@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .audio import SAMPLE_RATE
+from ..audio import SAMPLE_RATE
 
 # Arrivals this close together are one mark: a burst of a thousand frames is one entry.
 MERGE_S = 0.05

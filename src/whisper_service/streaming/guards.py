@@ -1,11 +1,13 @@
-"""Guards against Whisper's known failure modes in streaming: loops and invented text."""
+"""Guards against Whisper's known failure modes in streaming: loops and invented text, and
+the forced prefix's words coming back in a decode's output."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
-from .text import normalize
-from .transcript import Segment
+from ..text import normalize
+from ..transcript import Segment, Transcript, Word
 
 # Phrases Whisper is known to produce from silence or noise (its training data's credits and
 # outros). Credits never occur in live speech, so they always go; the short courtesies are
@@ -69,3 +71,49 @@ def _repeats_to_end(words: list[str], gram: list[str]) -> bool:
     """`words` is `gram` over and over, the last time possibly cut short."""
     return all(w == gram[k % len(gram)] for k, w in enumerate(words))
 
+
+
+def trusted_words(result: Transcript, prefix: str,
+                  offset: float) -> tuple[list[Word], list[float]]:
+    """A decode's words in stream time (`offset`: the stream time of its audio's start),
+    without credits or invented segments, and the ends of the segments kept.
+
+    A segment holding (part of) the forced `prefix` is judged by its new words only: the
+    prefix is the listener's own text, and no evidence of invention.
+    """
+    words: list[Word] = []
+    boundaries: list[float] = []
+    forced = _letters(prefix)
+    for seg in result.segments:
+        seg_words = [replace(w, start=offset + w.start, end=offset + w.end) for w in seg.words]
+        fresh = _skip(forced, seg_words)
+        forced -= sum(_letters(w.word) for w in seg_words)
+        keep = len(seg_words)
+        credits = credits_start([w.word for w in fresh])
+        if credits is not None:
+            keep -= len(fresh) - credits
+        elif fresh and is_hallucination(replace(seg, text="".join(w.word for w in fresh))):
+            keep -= len(fresh)
+        if not keep:
+            continue
+        words += seg_words[:keep]
+        boundaries.append(offset + seg.end)
+    return words, boundaries
+
+
+def words_after(prefix: str, words: list[Word]) -> list[Word]:
+    """The words a decode added after its forced prefix (the prefix's words come back too)."""
+    return _skip(_letters(prefix), words)
+
+
+def _letters(text: str) -> int:
+    return len("".join(text.split()))
+
+
+def _skip(letters: int, words: list[Word]) -> list[Word]:
+    """The words after the first `letters` non-space characters."""
+    for i, word in enumerate(words):
+        if letters <= 0:
+            return words[i:]
+        letters -= _letters(word.word)
+    return []

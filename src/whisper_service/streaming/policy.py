@@ -4,8 +4,8 @@ re-decoded buffer becomes final. It sees only words; the session owns audio and 
 
 from __future__ import annotations
 
-from .text import normalize
-from .transcript import Word
+from ..text import normalize
+from ..transcript import Word
 
 WORD_END = (".", ",", "?", "!", ";", ":")  # after these, the next word starts anew
 

@@ -8,19 +8,25 @@ and sends an `utterance` message that supersedes the finals of that span for dis
 text, not the finals', then becomes the rolling context.
 
 `UtteranceRecorder` keeps what that second decode needs: the utterance's audio (at most
-`UTTERANCE_MAX_S` plus the session's buffer) and the finals it covers.
+`UTTERANCE_MAX_S` plus the session's buffer) and the finals it covers. `SecondPass` submits
+each closed utterance's decode, and turns the results, in order, into `utterance` events,
+the transcript and the rolling context.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
-from .transcript import Transcript, Word
+from ..audio import SAMPLE_RATE
+from ..timeline import clamp_words
+from ..transcript import WINDOW_SAMPLES, Transcript, Word
+from .events import StreamEvent
+from .guards import loop_start, trusted_words
+from .redecode import Redecoder
 
 # Whisper decodes at most 30 s in one window, so a longer utterance is closed at a buffer cut:
 # at the first one after a sentence end once it spans LONG_UTTERANCE_S, at any past
@@ -182,3 +188,114 @@ class UtteranceDecode:
     def elapsed(self) -> float:
         """Submission to result: the decode's time, plus any wait for a worker."""
         return max(0.0, (self._done or time.perf_counter()) - self._submitted)
+
+
+class SecondPass:
+    """One session's utterance second pass, and the transcript it settles.
+
+    The transcript is the utterances' texts, then the finals after the last utterance (with
+    the second pass off, the finals alone). Each closed utterance's decode is submitted at
+    once and runs beside the session's own decodes, so finals are not held back by it; the
+    results are taken in order, and each moves the rolling-context positions after it.
+    """
+
+    def __init__(self, redecoder: Redecoder, enabled: bool, beam_size: int) -> None:
+        self._redecoder, self.enabled, self._beam_size = redecoder, enabled, beam_size
+        self.recorder = UtteranceRecorder()
+        self._queue: list[UtteranceDecode] = []  # closed utterances, oldest first
+        self._settled: list[str] = []
+        self._unsettled: list[str] = []  # finals not yet covered by an utterance
+        self.count, self.seconds, self.fallbacks = 0, 0.0, 0
+
+    @property
+    def transcript(self) -> str:
+        return " ".join(self._settled + self._unsettled)
+
+    def final(self, final: Final, text: str) -> None:
+        """A final was sent: it joins the utterance in progress and the transcript."""
+        if self.enabled:
+            self.recorder.committed(final)
+            self._unsettled.append(text)
+        else:
+            self._settled.append(text)
+
+    def close(self, until: float, audio_end: int | None = None) -> None:
+        """Queue the finals that ended by `until` for their second decode."""
+        if not self.enabled:
+            return
+        context = self._redecoder.context
+        closed = self.recorder.close(until, context.tokens(until=self.recorder.context_start),
+                                     audio_end=audio_end)
+        if closed is None:
+            return
+        future = None
+        if 0 < len(closed.audio) <= WINDOW_SAMPLES:
+            options = self._redecoder.options_for(closed.prompt, beam_size=self._beam_size)
+            end = round(closed.offset * SAMPLE_RATE) + len(closed.audio)
+            future = self._redecoder.submit(closed.audio, options, end)
+        self._queue.append(UtteranceDecode(closed, future))
+
+    @property
+    def ready(self) -> bool:
+        """The oldest closed utterance's second decode is done."""
+        return bool(self._queue) and self._queue[0].done()
+
+    @property
+    def running(self) -> Future[Transcript] | None:
+        """The oldest closed utterance's second decode while it runs."""
+        oldest = self._queue[0] if self._queue else None
+        return oldest.future if oldest is not None and not oldest.done() else None
+
+    def events(self, language: str | None, wait: bool = False) -> list[StreamEvent]:
+        """The `utterance` events of the closed utterances whose decode is done (with
+        `wait`, of all of them), in order."""
+        events = []
+        while self._queue and (wait or self.ready):
+            pending = self._queue.pop(0)
+            event, stop = self._event(pending, language)
+            shift = stop - pending.utterance.context[1]  # later positions moved with it
+            for later in self._queue:
+                start, end = later.utterance.context
+                later.utterance = replace(later.utterance, context=(start + shift, end + shift))
+            self.recorder.context_start += shift
+            events.append(event)
+        return events
+
+    def _event(self, pending: UtteranceDecode,
+               language: str | None) -> tuple[StreamEvent, int]:
+        """The utterance's event (its decoded words, or its finals' where the decode is not
+        trustworthy) and where its words now end in the rolling context."""
+        utterance = pending.utterance
+        finals = utterance.words
+        words: list[Word] = []
+        result = pending.result()
+        if result is not None:
+            elapsed = pending.elapsed()
+            self.seconds += elapsed
+            self._redecoder.timed(elapsed)
+            words, _ = trusted_words(result, "", utterance.offset)
+        self.count += 1
+        # A second look that lost half the words, or looped, is worse than the finals.
+        if loop_start([w.word for w in words]) is not None \
+                or word_count(words) < word_count(finals) / 2:
+            words = finals
+            self.fallbacks += 1
+        words = fill_gaps(words, finals)
+        text = "".join(w.word for w in words).strip()
+        start, stop = utterance.context
+        new_stop = self._redecoder.context.revise(start, stop, text)
+        self._settled.append(text)
+        del self._unsettled[:len(utterance.finals)]
+        return StreamEvent("utterance", utterance.start, utterance.end, text,
+                           clamp_words(words, utterance.start, utterance.end),
+                           language), new_stop
+
+    def cancel(self) -> None:
+        """Withdraw the decodes still queued (callable from any thread)."""
+        for pending in list(self._queue):
+            if pending.future is not None:
+                pending.future.cancel()
+
+    def clear(self) -> None:
+        self.recorder.clear()
+        self._queue = []
