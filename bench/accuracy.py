@@ -4,7 +4,9 @@ On the real-speech dev set (bench/data/real, its manifest.json), for each model 
 of speech (read, spontaneous, conversation, accented, ...): the offline WER (the whole clip
 through the file path, as `whisper-service transcribe` decodes it), and the live path's
 finals WER, transcript WER (what `done.text` carries: utterances where they came) and finals
-latency (a final's arrival minus its words' end in the audio).
+latency (a final's arrival minus its words' end in the audio), and the seconds the session
+waited for its decodes and its utterances' per second of audio (compute at 1 client; with
+queueing under load).
 
 - 1 client: each clip streamed alone through a session in the computation-aware simulation
   (`replay(..., "simulated")`: audio arrives at its own time and the clock also advances by
@@ -28,18 +30,19 @@ import json
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from jiwer import wer
 
 from server import _english_normalizer, percentile  # bench/ is the script's directory
+from streaming import Live, stream_once
 from whisper_service.audio import decode_file
 from whisper_service.config import get_settings
 from whisper_service.engine.decoder import Decoder
 from whisper_service.engine.manager import ModelManager
-from whisper_service.streaming import StreamingSession, StreamOptions, replay
+from whisper_service.streaming import StreamOptions
 from whisper_service.transcript import DecodeRequest, TranscribeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,15 +59,6 @@ class Clip:
     @property
     def seconds(self) -> float:
         return len(self.audio) / 16000
-
-
-@dataclass
-class Live:
-    """One clip streamed once: its finals, its transcript and its finals' latencies."""
-
-    finals: str
-    transcript: str
-    latencies: list[float] = field(default_factory=list)
 
 
 def normalize(text: str) -> str:
@@ -84,20 +78,6 @@ def load_set(directory: Path, kinds: list[str] | None) -> list[Clip]:
     return clips
 
 
-def stream_clip(manager: ModelManager, model: str, options: StreamOptions, clip: Clip,
-                mode: str) -> Live:
-    finals, utterances, latencies = [], [], []
-    with StreamingSession.open(manager, model, options) as session:
-        for emitted_at, event in replay(session, clip.audio, mode):  # type: ignore[arg-type]
-            if event.type == "final":
-                finals.append(event.text)
-                latencies += [emitted_at - w.end for w in event.words]
-            elif event.type == "utterance":
-                utterances.append(event.text)
-        transcript = session.transcript
-    return Live(" ".join(finals), transcript, latencies)
-
-
 def deal(clips: list[Clip], n: int) -> list[list[Clip]]:
     """The clips dealt to n clients, longest first to the shortest queue."""
     queues: list[list[Clip]] = [[] for _ in range(n)]
@@ -110,7 +90,7 @@ def live_run(manager: ModelManager, model: str, options: StreamOptions, clips: l
              clients: int) -> dict[str, Live]:
     """One run of the live path over the set, at `clients` clients."""
     if clients == 1:
-        return {c.name: stream_clip(manager, model, options, c, "simulated") for c in clips}
+        return {c.name: stream_once(manager, model, options, c.audio) for c in clips}
     out: dict[str, Live] = {}
     errors: list[BaseException] = []
 
@@ -118,7 +98,8 @@ def live_run(manager: ModelManager, model: str, options: StreamOptions, clips: l
         time.sleep(delay)
         try:
             for clip in queue:
-                out[clip.name] = stream_clip(manager, model, options, clip, "realtime")
+                out[clip.name] = stream_once(manager, model, options, clip.audio,
+                                              "realtime")
         except BaseException as exc:  # reported after the run
             errors.append(exc)
 
@@ -145,6 +126,7 @@ def main() -> None:
     parser.add_argument("--set", type=Path, default=REAL, help="a directory with manifest.json")
     parser.add_argument("--kinds", nargs="+", help="only these kinds of speech")
     parser.add_argument("--skip", nargs="+", default=[], help="leave out these clips (names)")
+    parser.add_argument("--dump", type=Path, help="write every clip's texts here (JSON)")
     args = parser.parse_args()
 
     clips = [c for c in load_set(args.set, args.kinds) if c.name not in args.skip]
@@ -160,27 +142,37 @@ def main() -> None:
           f"{args.repeat} runs\n", flush=True)
     print("| model | clients | speech | audio min | offline WER | transcript WER (range) "
           "| finals WER (range) | transcript - offline | finals - offline "
-          "| finals latency median s | p90 s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| finals latency median s | p90 s | decode s / audio s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    dump = []
     for model in args.models:
         decoder = Decoder(manager.acquire(model))
         offline = {c.name: decoder.decode(DecodeRequest(
             c.audio, TranscribeOptions(language="en"))).text for c in clips}
         for clients in args.clients:
             runs = [live_run(manager, model, options, clips, clients) for _ in range(args.repeat)]
+            dump += [{"model": model, "clients": clients, "run": i, "clip": c.name,
+                      "reference": c.reference, "offline": offline[c.name],
+                      "finals": run[c.name].finals, "transcript": run[c.name].transcript}
+                     for i, run in enumerate(runs) for c in clips]
             for kind in [*kinds, "all"]:
                 group = [c for c in clips if kind in ("all", c.kind)]
                 off = pooled_wer(group, offline)
                 tr = [pooled_wer(group, {k: v.transcript for k, v in r.items()}) for r in runs]
                 fi = [pooled_wer(group, {k: v.finals for k, v in r.items()}) for r in runs]
                 lat = [x for r in runs for c in group for x in r[c.name].latencies]
+                compute = sum(r[c.name].stats["decode_s"] + r[c.name].stats["utterance_s"]
+                              for r in runs for c in group) / len(runs)
                 print(f"| {model} | {clients} | {kind} | {sum(c.seconds for c in group) / 60:.1f} "
                       f"| {off:.3f} | {statistics.mean(tr):.3f} ({min(tr):.3f}-{max(tr):.3f}) "
                       f"| {statistics.mean(fi):.3f} ({min(fi):.3f}-{max(fi):.3f}) "
                       f"| {statistics.mean(tr) - off:+.3f} | {statistics.mean(fi) - off:+.3f} "
                       f"| {statistics.median(lat) if lat else float('nan'):.2f} "
-                      f"| {percentile(lat, 0.9):.2f} |", flush=True)
+                      f"| {percentile(lat, 0.9):.2f} "
+                      f"| {compute / sum(c.seconds for c in group):.2f} |", flush=True)
         manager.release(decoder.loaded)
+    if args.dump:
+        args.dump.write_text(json.dumps(dump, indent=1))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from server import _english_normalizer  # bench/ is the script's directory
 from whisper_service.config import get_settings
 from whisper_service.engine.decoder import Decoder
 from whisper_service.engine.manager import ModelManager
-from whisper_service.streaming import StreamingSession, StreamOptions, replay
+from whisper_service.streaming import ReplayMode, StreamingSession, StreamOptions, replay
 from whisper_service.transcript import DecodeRequest, TranscribeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,31 @@ FILES = ("en_passage", "en_term", "en_short", "en_numbers", "en_long")
 def read(name: str) -> np.ndarray:
     with wave.open(str(DATA / f"{name}.wav")) as w:
         return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+
+
+@dataclass
+class Live:
+    """One recording streamed once through a session: what a client saw, and the cost."""
+
+    finals: str
+    utterances: str
+    transcript: str  # what `done.text` carries: utterances where they came, finals elsewhere
+    latencies: list[float]  # each final word's emission minus its end in the audio
+    stats: dict
+
+
+def stream_once(manager: ModelManager, model: str, options: StreamOptions, audio: np.ndarray,
+                mode: ReplayMode = "simulated") -> Live:
+    finals, utterances, latencies = [], [], []
+    with StreamingSession.open(manager, model, options) as session:
+        for emitted_at, event in replay(session, audio, mode):
+            if event.type == "final":
+                finals.append(event.text)
+                latencies += [emitted_at - w.end for w in event.words]
+            elif event.type == "utterance":
+                utterances.append(event.text)
+        return Live(" ".join(finals), " ".join(utterances), session.transcript, latencies,
+                    session.stats)
 
 
 @dataclass
@@ -98,18 +123,10 @@ def main() -> None:
             offline = decoder.decode(DecodeRequest(audio, TranscribeOptions(language="en")))
             runs = Runs()
             for _ in range(args.repeat):
-                finals, utterances, latencies = [], [], []
-                with StreamingSession.open(manager, model, options) as session:
-                    for emitted_at, event in replay(session, audio, "simulated"):
-                        if event.type == "final":
-                            finals.append(event.text)
-                            latencies += [emitted_at - w.end for w in event.words]
-                        elif event.type == "utterance":
-                            utterances.append(event.text)
-                    stats = session.stats
+                live = stream_once(manager, model, options, audio)
                 for r in (runs, pooled):
-                    r.add(ref, normalize(offline.text), normalize(" ".join(finals)),
-                          normalize(" ".join(utterances)), latencies, stats)
+                    r.add(ref, normalize(offline.text), normalize(live.finals),
+                          normalize(live.utterances), live.latencies, live.stats)
             rows.append((model, name, len(audio) / 16000, runs))
         rows.append((model, "**all files**", sum(r[2] for r in rows if r[0] == model), pooled))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

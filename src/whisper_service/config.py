@@ -52,11 +52,16 @@ class Settings(BaseSettings):
     model_idle_ttl_s: float = Field(0.0, ge=0, description="unload models nobody used for "
                                     "this long; 0: never")
 
-    # Streaming (the choices are measured by bench/streaming.py: docs/benchmarks.md)
+    # Streaming (the choices are measured by bench/accuracy.py on real speech, and by
+    # bench/streaming.py and bench/capacity.py: docs/benchmarks.md)
     min_chunk_s: float = Field(0.6, ge=0.1, le=5, description="new audio (s) before a "
                                "streaming session re-decodes")
-    stream_beam_size: int = Field(1, ge=1, le=10, description="beam size for streaming "
-                                  "decodes")
+    stream_beam_size: int = Field(5, ge=1, le=10, description="beam size for streaming "
+                                  "decodes while the model is idle (nothing queued, no "
+                                  "batch)")
+    stream_busy_beam_size: int = Field(1, ge=1, le=10, description="beam size for streaming "
+                                       "decodes while the model is busy (a batch of two or "
+                                       "more, or windows waiting)")
     max_buffer_s: float = Field(15.0, ge=2, le=30, description="cap on the audio a session "
                                 "re-decodes (Whisper's window is 30 s)")
     max_context_tokens: int = Field(WHISPER_MAX_PROMPT_TOKENS, ge=1,
@@ -77,11 +82,11 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="decode the windows of concurrent streams in "
                            "batches; off: each alone")
     max_batch_size: int = Field(8, ge=1, le=64, description="windows in one batch")
-    batch_beam_size: int = Field(0, ge=0, le=10, description="beam size for windows decoded "
-                                 "under load (in a batch of two or more, or with windows "
-                                 "waiting); 0: each window's own (streams' windows are greedy "
-                                 "already, utterances keep their beam); 1: greedy, cheaper, "
-                                 "and transcripts under load lose a few words")
+    batch_beam_size: int = Field(0, ge=0, le=10, description="the most any window is decoded "
+                                 "at under load (in a batch of two or more, or with windows "
+                                 "waiting); 0: no cap (streams' windows take "
+                                 "`stream_busy_beam_size`, utterances keep their beam); 1: "
+                                 "greedy, cheaper, and transcripts under load lose a few words")
     batch_wait_ms: float = Field(20.0, ge=0, le=500, description="longest wait for a batch "
                                  "to fill when several windows are pending (none for one)")
 

@@ -64,6 +64,9 @@ class TranscribeOptions:
     language: str | None = None
     task: Task = "transcribe"
     beam_size: int = 5
+    # The beam when the model is busy (a batch of two or more, or windows waiting): a live
+    # stream's windows can afford beam search only while nobody waits. None: `beam_size`.
+    busy_beam_size: int | None = None
     word_timestamps: bool = False
     vad_filter: bool = True
     initial_prompt: str | tuple[int, ...] | None = None  # text, or its tokens
@@ -79,7 +82,7 @@ class TranscribeOptions:
         check_language(self.language)
         if self.task not in ("transcribe", "translate"):
             raise ValueError(f"unsupported task {self.task!r}; use transcribe or translate")
-        if self.beam_size < 1:
+        if self.beam_size < 1 or (self.busy_beam_size is not None and self.busy_beam_size < 1):
             raise ValueError("beam size must be at least 1")
 
 

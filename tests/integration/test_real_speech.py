@@ -22,8 +22,10 @@ pytestmark = pytest.mark.integration
 
 REAL = DATA / "real"
 CLIPS = ("read_librispeech_2412-153948-0000", "spontaneous_jfk_inaugural_1961")
-TRANSCRIPT_MARGIN = 0.05  # the transcript's WER over offline's, pooled over both clips
-FINALS_MARGIN = 0.15  # the finals' WER over offline's
+# Over offline's WER, pooled over both clips (58 words: one word is 0.017), at least twice
+# the worst seen under any arithmetic plus 0.05 (tests/README.md).
+TRANSCRIPT_MARGIN = 0.12  # the transcript a client keeps
+FINALS_MARGIN = 0.3  # the finals, decoded from short windows
 
 
 @pytest.fixture(scope="module")
@@ -61,5 +63,5 @@ def test_the_live_transcript_reads_as_well_as_offline(heard):
 
 def test_the_finals_stay_within_a_margin_of_offline(heard):
     offline = english_wer(*pooled(heard, "offline"))
-    finals = assert_wer("real tiny.en finals", *pooled(heard, "finals"), 0.3)
+    finals = assert_wer("real tiny.en finals", *pooled(heard, "finals"), 0.35)
     assert finals <= offline + FINALS_MARGIN, (finals, offline, heard)

@@ -190,6 +190,19 @@ def test_batched_windows_equal_windows_decoded_alone(tiny_en):
         greedy = dataclasses.replace(window, options=dataclasses.replace(window.options,
                                                                          beam_size=1))
         assert_same(decode_windows(own_beam, [greedy])[0], together)
+    # A live step's own beam for a busy model (`busy_beam_size`) applies in a batch, as the
+    # model's cap does, and not to a window decoded alone.
+    stepping = [dataclasses.replace(w, options=dataclasses.replace(w.options, busy_beam_size=1))
+                for w in windows]
+    for window, together in zip(stepping, decode_windows(own_beam, stepping)):
+        greedy = dataclasses.replace(window, options=dataclasses.replace(window.options,
+                                                                         beam_size=1))
+        assert_same(decode_windows(own_beam, [greedy])[0], together)
+    for window, alone in zip(stepping, windows):
+        assert_same(decode_windows(own_beam, [alone])[0],
+                    decode_windows(own_beam, [window])[0])
+    # A batch shares one search: windows that would search differently when busy never meet.
+    assert {w.key for w in stepping}.isdisjoint({w.key for w in windows})
     # Through the model's scheduler, as sessions call it, the results are the same again.
     requests = [DecodeRequest(read_wav_data(n)[s * 16000:e * 16000], w.options, window=True)
                 for (n, s, e, _), w in zip(cuts, windows)]

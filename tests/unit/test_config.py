@@ -10,15 +10,27 @@ from pydantic import ValidationError
 from whisper_service.config import Settings, describe_error, settings_table
 from whisper_service.context import WHISPER_MAX_PROMPT_TOKENS
 from whisper_service.streaming import StreamOptions
+from whisper_service.streaming.options import TUNABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_reach_stream_options():
-    options = StreamOptions.from_settings(Settings())
-    assert (options.min_chunk_s, options.max_buffer_s, options.beam_size,
-            options.max_context_tokens) == (0.6, 15.0, 1, WHISPER_MAX_PROMPT_TOKENS)
+    settings = Settings()
+    options = StreamOptions.from_settings(settings)
+    for field, setting in TUNABLES.items():
+        assert getattr(options, field) == getattr(settings, setting), field
+    assert options.max_context_tokens == WHISPER_MAX_PROMPT_TOKENS
+    assert options.beam_size > options.busy_beam_size == 1  # beam search only when idle
     assert options.language is None and options.static_prompt == ""
+
+
+def test_a_tunable_given_overrides_its_setting_and_is_validated_as_settings_are():
+    options = StreamOptions.from_settings(Settings(), beam_size=3, busy_beam_size=2,
+                                          language="en")
+    assert (options.beam_size, options.busy_beam_size, options.language) == (3, 2, "en")
+    with pytest.raises(ValueError, match="stream_beam_size"):
+        StreamOptions.from_settings(Settings(), beam_size=11)
 
 
 @pytest.mark.parametrize("variable, value, needle", [

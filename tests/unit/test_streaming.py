@@ -763,14 +763,20 @@ def test_session_checks_options_with_the_decoder_and_sends_streaming_settings(pa
                                                                               tiny_en_tokenizer):
     pcm = build(passage[:4 * SR])
     decoder = GridDecoder(pcm)
-    run(decoder, pcm, tiny_en_tokenizer, stream_options(beam_size=2))
+    options = stream_options(beam_size=3, busy_beam_size=1, utterances=True,
+                             utterance_beam_size=2)
+    run(decoder, pcm, tiny_en_tokenizer, options)
     assert decoder.checked, "the session must let the decoder reject options up front"
-    assert decoder.calls
+    steps = [c for c in decoder.calls if c.options.beam_size == 3]
+    whole = [c for c in decoder.calls if c.options.beam_size == 2]
+    assert steps and whole and len(steps) + len(whole) == len(decoder.calls)
     for call in decoder.calls:
         opts = call.options
         assert opts.word_timestamps and not opts.vad_filter
-        assert not opts.condition_on_previous_text
-        assert opts.beam_size == 2 and opts.task == "transcribe"
+        assert not opts.condition_on_previous_text and opts.task == "transcribe"
+    # A step drops to its busy beam when the model is busy; an utterance keeps its beam.
+    assert all(c.options.busy_beam_size == 1 for c in steps)
+    assert all(c.options.busy_beam_size is None for c in whole)
 
 
 def test_committed_words_still_in_the_buffer_are_forced_as_the_prefix(passage, tiny_en_tokenizer):

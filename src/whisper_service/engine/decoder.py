@@ -154,8 +154,9 @@ def warm_up(loaded: LoadedModel, workers: int) -> None:
     the working memory of a full batch of common (10 s) windows before the first client
     arrives, rather than during someone's stream; memory.tune_heap keeps it for the decodes
     that follow. The windows queue at once, so each worker takes a full batch. Greedy, as
-    streams' windows are: at the utterances' beam 2 a batch needed so much more that glibc
-    handed most of it back at the first client, who then paid it again.
+    streams' windows are in a batch (`stream_busy_beam_size`): at the utterances' beam 2 a
+    batch needed so much more that glibc handed most of it back at the first client, who
+    then paid it again.
 
     The windows carry a prompt and a forced prefix, as a stream's do: a decode's working
     memory grows with its tokens. With empty windows the clients paid that growth instead;

@@ -59,10 +59,12 @@ class Window:
     @property
     def key(self) -> Hashable:
         """Windows with equal keys can share a batch: one encoder length, one position of
-        <|startoftranscript|> in the prompts (CTranslate2 needs both), one search."""
+        <|startoftranscript|> in the prompts (CTranslate2 needs both), one search, busy or
+        not."""
         temperatures = _temperatures(self.options)
         search = temperatures if len(temperatures) == 1 else id(self)  # fallback runs alone
-        return self.features.shape[-1], len(self.previous), self.options.beam_size, search
+        return (self.features.shape[-1], len(self.previous), self.options.beam_size,
+                self.options.busy_beam_size, search)
 
     def batch_limit(self, max_batch: int, pad_s: float) -> int:
         """How many windows of this length share a batch: `max_batch` of the common length
@@ -123,13 +125,14 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
     max_new = max_new_tokens(windows[0].features.shape[-1] / FRAMES_PER_SECOND)
     options = [_window_options(w.options, t) for w, t in zip(windows, tokenizers)]
     busy = len(windows) > 1 or (loaded.scheduler is not None and loaded.scheduler.depth > 0)
-    if busy and loaded.batch_beam_size:
-        # Under load (a batch, or windows waiting behind this one), a smaller beam, which
-        # costs less per window. Off by default (0): streams' windows are greedy already,
-        # and greedy utterances under load cost clients words for no better latency
-        # (bench/capacity.py).
-        options = [replace(o, beam_size=min(o.beam_size, loaded.batch_beam_size))
-                   for o in options]
+    if busy:
+        # Under load (a batch, or windows waiting behind this one), each window's beam for a
+        # busy model: a stream's steps drop to greedy (`busy_beam_size`), so beam search
+        # runs on spare compute only; utterances keep theirs, as greedy ones under load cost
+        # clients words for no better latency (bench/capacity.py). The model's
+        # `batch_beam_size` caps them all (0: no cap).
+        options = [replace(o, beam_size=_busy_beam(w.options, loaded.batch_beam_size))
+                   for o, w in zip(options, windows)]
     if len(_temperatures(windows[0].options)) > 1:  # alone in its batch (Window.key)
         # faster-whisper refuses prompt + max_new_tokens past the model's 448 tokens.
         fallback = replace(options[0], max_new_tokens=min(
@@ -260,3 +263,10 @@ def split_segments(tokens: list[int], timestamp_begin: int, duration: float) -> 
     if text:
         segments.append({"seek": 0, "start": start, "end": duration, "tokens": text})
     return segments
+
+
+def _busy_beam(options: TranscribeOptions, cap: int) -> int:
+    """The beam a window is decoded at while the model is busy."""
+    beam = options.beam_size if options.busy_beam_size is None \
+        else min(options.beam_size, options.busy_beam_size)
+    return min(beam, cap) if cap else beam

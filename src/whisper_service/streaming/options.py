@@ -13,12 +13,15 @@ from ..vad import VadOptions
 @dataclass(frozen=True)
 class StreamOptions:
     """One session's settings, made by `from_settings`: the tunables' defaults and bounds
-    live in `Settings`, the rest is what a client chose. Beam search on short windows fixes
-    words greedy decoding gets wrong (bench/streaming.py measures both)."""
+    live in `Settings`, the rest is what a client chose. A step's window is decoded at
+    `beam_size` while the model is idle, and at `busy_beam_size` while windows wait or share
+    a batch: beam search on short windows fixes words greedy decoding gets wrong on real
+    speech, and costs compute only when it is spare (bench/accuracy.py, bench/capacity.py)."""
 
     min_chunk_s: float
     max_buffer_s: float
     beam_size: int
+    busy_beam_size: int
     max_context_tokens: int
     utterances: bool
     utterance_beam_size: int
@@ -30,17 +33,20 @@ class StreamOptions:
     turn_events: bool = False  # also emit speech_start / speech_end (the Realtime adapter)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, *, min_chunk_s: float | None = None,
-                      max_buffer_s: float | None = None, beam_size: int | None = None,
-                      max_context_tokens: int | None = None, utterances: bool | None = None,
-                      **per_stream: Any) -> StreamOptions:
-        """The settings (default: the process's), with the tunables given here overriding
-        them, validated as settings are; plus one client's language, task, prompt and VAD."""
+    def from_settings(cls, settings: Settings | None = None, **given: Any) -> StreamOptions:
+        """The settings (default: the process's), with the tunables given here (by their
+        names in `TUNABLES`) overriding them, validated as settings are; plus one client's
+        language, task, prompt and VAD."""
         settings = settings or get_settings()
-        changed = {k: v for k, v in (("min_chunk_s", min_chunk_s), ("max_buffer_s", max_buffer_s),
-                                     ("stream_beam_size", beam_size),
-                                     ("max_context_tokens", max_context_tokens),
-                                     ("utterances", utterances)) if v is not None}
+        changed = {TUNABLES[k]: given.pop(k) for k in list(given)
+                   if k in TUNABLES and given[k] is not None}
+        given = {k: v for k, v in given.items() if k not in TUNABLES}
         s = settings.override(**changed) if changed else settings
-        return cls(s.min_chunk_s, s.max_buffer_s, s.stream_beam_size, s.max_context_tokens,
-                   s.utterances, s.utterance_beam_size, **per_stream)
+        return cls(**{k: getattr(s, name) for k, name in TUNABLES.items()}, **given)
+
+
+# StreamOptions' fields that come from `Settings`, and the setting each one is.
+TUNABLES = {"min_chunk_s": "min_chunk_s", "max_buffer_s": "max_buffer_s",
+            "beam_size": "stream_beam_size", "busy_beam_size": "stream_busy_beam_size",
+            "max_context_tokens": "max_context_tokens",
+            "utterances": "utterances", "utterance_beam_size": "utterance_beam_size"}

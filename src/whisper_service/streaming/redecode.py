@@ -48,9 +48,13 @@ class Redecoder:
 
     def options_for(self, prompt: tuple[int, ...] | None, prefix: str | None = None,
                     beam_size: int | None = None) -> TranscribeOptions:
+        """A live decode's options; an utterance's (`beam_size` given) keeps its beam when
+        the model is busy, a step's takes `busy_beam_size` then."""
         return TranscribeOptions(
             language=self.language, task=self.options.task,
-            beam_size=beam_size or self.options.beam_size, word_timestamps=True,
+            beam_size=beam_size or self.options.beam_size,
+            busy_beam_size=None if beam_size else self.options.busy_beam_size,
+            word_timestamps=True,
             vad_filter=False, initial_prompt=prompt, prefix=prefix,
             condition_on_previous_text=False,
             temperature=0.0)  # fallback re-decodes cost more than the loop guard saves
