@@ -71,8 +71,17 @@ class Settings(BaseSettings):
     utterances: bool = Field(True, description="decode each utterance once more as a whole "
                              "after its finals and send it as `utterance` (finals unchanged); "
                              "a client's config can override it")
-    utterance_beam_size: int = Field(2, ge=1, le=10, description="beam size of the utterance "
-                                     "decodes")
+    utterance_beam_size: int = Field(5, ge=1, le=10, description="beam size of the utterance "
+                                     "decodes while the model is idle")
+    utterance_busy_beam_size: int = Field(2, ge=1, le=10, description="beam size of the "
+                                          "utterance decodes while the model is busy; they "
+                                          "are padded as the steps' windows then, not to "
+                                          "Whisper's 30 s")
+    utterance_min_s: float = Field(10.0, ge=0, le=28, description="a pause closes an "
+                                   "utterance once it spans this long; a shorter one goes on "
+                                   "through pauses of up to 2 s, so that its second decode "
+                                   "hears more (0: every pause closes one; the Realtime API's "
+                                   "turns always do)")
     window_pad_s: float = Field(10.0, ge=5, le=30, description="streaming windows are "
                                 "padded to the next multiple of this for the encoder, not "
                                 "always to Whisper's 30 s (shorter ones made tiny.en repeat "

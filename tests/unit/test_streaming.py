@@ -205,10 +205,16 @@ class Call:
     duration: float
     prompt: str | None
     options: TranscribeOptions
+    pad_s: float | None = None
 
     @property
     def end(self) -> float:
         return self.start + self.duration
+
+
+def second_decode(options: TranscribeOptions) -> bool:
+    """An utterance's second decode: unlike a step's, it keeps its beam on a busy model."""
+    return options.busy_beam_size is None
 
 
 class GridDecoder:
@@ -229,6 +235,11 @@ class GridDecoder:
 
     def step_factor(self) -> float:
         return self.pressure
+
+    loaded_busy = False  # what `busy()` reports: the model's compute is taken
+
+    def busy(self) -> bool:
+        return self.loaded_busy
 
     def locate(self, audio: np.ndarray) -> int:
         s, n = self.stream, len(audio)
@@ -274,7 +285,7 @@ class GridDecoder:
         t0 = self.locate(audio) / SR
         t1 = t0 + len(audio) / SR
         self.calls.append(Call(t0, len(audio) / SR, prompt_text(request.options.initial_prompt),
-                               request.options))
+                               request.options, request.pad_s))
         heard = self.words(t0, t1)
         if self.relabel_prefix:
             # Like Whisper, the forced prefix comes back as the first words of the window.
@@ -871,7 +882,8 @@ def test_each_utterance_is_decoded_again_whole_and_becomes_the_context(passage,
                                                                       tiny_en_tokenizer):
     pcm = build(passage[:6 * SR], 1.0, passage[6 * SR:12 * SR], 1.0, passage[12 * SR:18 * SR])
     decoder = GridDecoder(pcm)
-    session, events = run(decoder, pcm, tiny_en_tokenizer, stream_options(utterances=True))
+    session, events = run(decoder, pcm, tiny_en_tokenizer,
+                          stream_options(utterances=True, utterance_min_s=0.0))
     assert_utterances_cover_finals(events)
     us = utterances(events)
     assert len(us) == 3  # the VAD ends an utterance at each second of silence
@@ -884,13 +896,53 @@ def test_each_utterance_is_decoded_again_whole_and_becomes_the_context(passage,
                                               if u.start <= f.start and f.end <= u.end
                                               for w in f.words])
     # Second decodes: the whole utterance, at the utterance beam, with no forced prefix.
-    beam = stream_options().utterance_beam_size
-    whole = [c for c in decoder.calls if c.options.beam_size == beam]
+    whole = [c for c in decoder.calls if second_decode(c.options)]
     assert len(whole) == len(us)
-    assert all(c.options.prefix is None and c.duration >= u.end - u.start
+    assert all(c.options.beam_size == stream_options().utterance_beam_size for c in whole)
+    assert all(c.options.prefix is None and c.duration >= u.end - u.start and c.pad_s == 30.0
                for c, u in zip(whole, us))
     assert session.transcript == " ".join(u.text for u in us)
     assert session.context.committed_words[-3:] == tuple(us[-1].text.split()[-3:])
+
+
+def test_a_short_utterance_goes_on_through_a_short_pause(passage, tiny_en_tokenizer):
+    """Below `utterance_min_s` a pause does not close the utterance: its second decode hears
+    the phrase after the pause too, in one window across it. A pause of HOLD_PAUSE_S closes
+    it before the speaker goes on."""
+    pcm = build(passage[:4 * SR], 1.0, passage[4 * SR:8 * SR], 3.0, passage[8 * SR:12 * SR])
+    decoder = GridDecoder(pcm)
+    session, events = run(decoder, pcm, tiny_en_tokenizer,
+                          stream_options(utterances=True, utterance_min_s=6.0))
+    assert_utterances_cover_finals(events)
+    us = utterances(events)
+    assert len(us) == 2
+    assert us[0].start < 1.0 and 7.0 < us[0].end < 9.0 and us[1].start > 12.0
+    whole = [c for c in decoder.calls if second_decode(c.options)]
+    assert len(whole) == 2 and all(c.start <= u.start and c.end >= u.end
+                                   for c, u in zip(whole, us))
+    assert whole[0].start < 1.0 and whole[0].end > 8.0  # across the pause, silence included
+    third = [f for f in finals(events) if f.start > 12.0]
+    assert events.index(us[0]) < events.index(third[0])  # not held into the next phrase
+    assert session.transcript == " ".join(u.text for u in us)
+    # With no minimum, each pause closes one.
+    _, events = run(GridDecoder(pcm), pcm, tiny_en_tokenizer,
+                    stream_options(utterances=True, utterance_min_s=0.0))
+    assert len(utterances(events)) == 3
+
+
+def test_a_busy_model_decodes_utterances_cheaper(passage, tiny_en_tokenizer):
+    """Idle: on Whisper's 30 s window at the utterance beam. Busy: padded as the steps' windows
+    (the model's own padding) at the busy beam."""
+    pcm = build(passage[:4 * SR], 1.0, passage[4 * SR:8 * SR])
+    options = stream_options(utterances=True, utterance_min_s=0.0, utterance_beam_size=4,
+                             utterance_busy_beam_size=2)
+    for busy, beam, pad in ((False, 4, 30.0), (True, 2, None)):
+        decoder = GridDecoder(pcm)
+        decoder.loaded_busy = busy
+        _, events = run(decoder, pcm, tiny_en_tokenizer, options)
+        whole = [c for c in decoder.calls if second_decode(c.options)]
+        assert len(whole) == len(utterances(events)) == 2
+        assert all(c.options.beam_size == beam and c.pad_s == pad for c in whole), busy
 
 
 def test_a_long_utterance_closes_at_a_buffer_cut_within_whisper_window(passage,
@@ -906,7 +958,7 @@ def test_a_long_utterance_closes_at_a_buffer_cut_within_whisper_window(passage,
     assert len(us) >= 2
     assert all(u.end - u.start <= 30.0 for u in us)
     assert any(u.text.endswith(".") and u.end - u.start >= 20.0 for u in us[:-1])
-    whole = [c for c in decoder.calls if c.options.beam_size == options.utterance_beam_size]
+    whole = [c for c in decoder.calls if second_decode(c.options)]
     assert whole and all(c.duration <= 30.0 for c in whole)
     ids = [word_id(w) for u in us for w in u.words]
     assert ids == [word_id(w) for w in final_words(events)]
@@ -916,7 +968,7 @@ class ForgetfulDecoder(GridDecoder):
     """Writes nothing on a whole-utterance decode (the second look failed)."""
 
     def words(self, t0, t1):
-        if self.calls[-1].options.beam_size == stream_options().utterance_beam_size:
+        if second_decode(self.calls[-1].options):
             return []
         return super().words(t0, t1)
 
@@ -942,7 +994,7 @@ class FailingUtteranceDecoder(GridDecoder):
     """The second decode fails (as when the model is unloaded under it)."""
 
     def submit(self, request):
-        if request.options.beam_size != stream_options().utterance_beam_size:
+        if not second_decode(request.options):
             return super().submit(request)
         future: Future = Future()
         future.set_exception(RuntimeError("the model was unloaded"))

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 # 126, a dense 30 s window's worth. Longer lists made both models skip speech on continuous
 # reading (bench/hotwords.py).
 MAX_HOTWORDS_TOKENS = 96
+# The share of the workers' time above which the model counts as busy (`Decoder.busy`): one
+# client keeps it well below, four above (bench/capacity.py's CPU column).
+BUSY_UTILIZATION = 0.5
 
 
 class Decoder:
@@ -57,6 +60,14 @@ class Decoder:
         The rate (half a window, not a full batch) is the one bench/capacity.py found best."""
         scheduler = self.loaded.scheduler
         return 1.0 + 2 * scheduler.depth / scheduler.workers if scheduler else 1.0
+
+    def busy(self) -> bool:
+        """Whether the model's compute is taken: a decode is running or waiting, or its
+        workers were busy half the time over the last few seconds. Work that can be done
+        cheaper or better (an utterance's second decode) is done cheaper then."""
+        scheduler = self.loaded.scheduler
+        return scheduler is not None and (scheduler.running > 0 or scheduler.depth > 0
+                                          or scheduler.utilization() >= BUSY_UTILIZATION)
 
     def decode(self, request: DecodeRequest,
                on_progress: Callable[[float], None] | None = None,

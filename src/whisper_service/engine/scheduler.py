@@ -80,6 +80,11 @@ class BatchScheduler(Generic[R, T]):
         now = time.monotonic()
         return sum(job.deadline <= now for job in list(self._pending))
 
+    @property
+    def running(self) -> int:
+        """Batches being decoded now."""
+        return self._running
+
     def utilization(self) -> float:
         """The share of the workers' time spent running batches over the last
         UTILIZATION_WINDOW_S (batches still running count once they end)."""

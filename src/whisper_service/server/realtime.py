@@ -189,7 +189,8 @@ class RealtimeHandler(SessionLoop):
         name = self._model(config)
         options = StreamOptions.from_settings(
             self.settings, language=config.language, static_prompt=config.prompt,
-            hotwords=config.hotwords, vad=config.vad, turn_events=True)
+            hotwords=config.hotwords, vad=config.vad, turn_events=True,
+            utterance_min_s=0.0)  # each turn's `completed` carries its own utterances
         try:
             self.session = await run_in_threadpool(
                 StreamingSession.open, self.service.manager, name, options,

@@ -20,8 +20,7 @@ class Committer:
     Each `step` decodes the session buffer again (`Redecoder`); LocalAgreement commits what
     two hypotheses agree on, and the buffer is cut behind the committed words (`trimming`),
     so every decode stays short. An utterance's `end` commits the rest. It sends `final`
-    and `partial` events, and hands each final, and each closed utterance, to the second
-    pass.
+    and `partial` events, and hands each final, and each pause, to the second pass.
     """
 
     def __init__(self, buffer: SessionBuffer, redecoder: Redecoder, second: SecondPass,
@@ -62,7 +61,7 @@ class Committer:
             buffer.decoded_until = buffer.start
         events += self._partial_event()
         self._forget(float("inf"))
-        self._second.close(float("inf"), audio_end=end_sample)
+        self._second.pause(end_sample)
         self._policy.reset()
         return events
 

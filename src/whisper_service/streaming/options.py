@@ -25,6 +25,8 @@ class StreamOptions:
     max_context_tokens: int
     utterances: bool
     utterance_beam_size: int
+    utterance_busy_beam_size: int
+    utterance_min_s: float
     language: str | None = None
     task: Task = "transcribe"
     static_prompt: str = ""
@@ -49,4 +51,6 @@ class StreamOptions:
 TUNABLES = {"min_chunk_s": "min_chunk_s", "max_buffer_s": "max_buffer_s",
             "beam_size": "stream_beam_size", "busy_beam_size": "stream_busy_beam_size",
             "max_context_tokens": "max_context_tokens",
-            "utterances": "utterances", "utterance_beam_size": "utterance_beam_size"}
+            "utterances": "utterances", "utterance_beam_size": "utterance_beam_size",
+            "utterance_busy_beam_size": "utterance_busy_beam_size",
+            "utterance_min_s": "utterance_min_s"}

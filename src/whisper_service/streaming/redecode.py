@@ -66,10 +66,12 @@ class Redecoder:
         window (test_context_improves_consistency_across_segments)."""
         return 30.0 if self.context.static_prompt else None
 
-    def submit(self, audio: np.ndarray, options: TranscribeOptions,
-               end_sample: int) -> Future[Transcript]:
-        """Queue a decode of `audio`, due when the sample `end_sample` is."""
-        return self.decoder.submit(DecodeRequest(audio, options, window=True, pad_s=self.pad_s,
+    def submit(self, audio: np.ndarray, options: TranscribeOptions, end_sample: int,
+               pad_s: float | None = None) -> Future[Transcript]:
+        """Queue a decode of `audio`, due when the sample `end_sample` is, its window padded
+        to a multiple of `pad_s` (default: `self.pad_s`)."""
+        return self.decoder.submit(DecodeRequest(audio, options, window=True,
+                                                 pad_s=pad_s or self.pad_s,
                                                  deadline=self.pacing.due(end_sample)))
 
     def decode(self, audio: np.ndarray, offset: float, end_sample: int,
@@ -126,3 +128,6 @@ class Redecoder:
 
     def step_factor(self) -> float:
         return self.decoder.step_factor()
+
+    def busy(self) -> bool:
+        return self.decoder.busy()

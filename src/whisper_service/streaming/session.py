@@ -50,7 +50,9 @@ class StreamingSession:
         self.pacing = pacing or Pacing()
         self._decode = Redecoder(decoder, context, self.options, self.pacing, on_decode)
         self._second = SecondPass(self._decode, self.options.utterances,
-                                  self.options.utterance_beam_size)
+                                  self.options.utterance_beam_size,
+                                  self.options.utterance_min_s,
+                                  self.options.utterance_busy_beam_size)
         self._vad = VADIterator(vad_model or get_vad_model(), self.options.vad)
         self._buffer = SessionBuffer()
         self._commit = Committer(self._buffer, self._decode, self._second, self.options)
@@ -173,6 +175,7 @@ class StreamingSession:
             events += self._on_vad(event.kind, event.sample)
         if self._in_speech:
             events += self._end_utterance(self._buffer.end)
+        self._second.release()
         self._note_heard()
         return events
 
@@ -230,8 +233,9 @@ class StreamingSession:
     def _process(self, block: np.ndarray, last: bool) -> list[StreamEvent]:
         buffer = self._buffer
         buffer.extend(block)
-        if self._in_speech and self._second.enabled:
-            self._second.recorder.extend(buffer.audio, buffer.start)
+        second = self._second
+        if (self._in_speech or second.held) and second.enabled:
+            second.recorder.extend(buffer.audio, buffer.start)
         events: list[StreamEvent] = []
         for event in self._vad(block):
             events += self._on_vad(event.kind, event.sample)
@@ -242,6 +246,7 @@ class StreamingSession:
             if due and (last or full):
                 events += self._commit.step()
         else:
+            second.expire(buffer.end)
             buffer.keep_preroll()
         self._note_heard()
         return events
@@ -257,7 +262,9 @@ class StreamingSession:
         buffer = self._buffer
         buffer.drop_until(sample)
         self._in_speech, buffer.decoded_until = True, buffer.start
-        if self._second.enabled:
+        if self._second.held:
+            self._second.resume()
+        elif self._second.enabled:
             self._second.recorder.begin(buffer.audio, buffer.start, self.context.position)
         self._commit.begin()
         return self._turn_event("speech_start", buffer.start)

@@ -34,6 +34,13 @@ from .redecode import Redecoder
 LONG_UTTERANCE_S = 20.0
 UTTERANCE_MAX_S = 28.0
 SENTENCE_END = (".", "?", "!")
+# An utterance shorter than `StreamOptions.utterance_min_s` goes on through a pause, unless
+# the pause lasts this long: its text then comes this long after the speaker stopped.
+HOLD_PAUSE_S = 2.0
+# The second decode's window while the model is idle: Whisper's own 30 s, whatever the
+# utterance's length. The steps' shorter padding reads real speech worse (bench/accuracy.py),
+# but costs less compute and working memory: utterances take it while the model is busy.
+UTTERANCE_PAD_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -199,9 +206,12 @@ class SecondPass:
     results are taken in order, and each moves the rolling-context positions after it.
     """
 
-    def __init__(self, redecoder: Redecoder, enabled: bool, beam_size: int) -> None:
+    def __init__(self, redecoder: Redecoder, enabled: bool, beam_size: int,
+                 min_s: float = 0.0, busy_beam_size: int | None = None) -> None:
         self._redecoder, self.enabled, self._beam_size = redecoder, enabled, beam_size
+        self._min_s, self._busy_beam_size = min_s, busy_beam_size or beam_size
         self.recorder = UtteranceRecorder()
+        self.held_end: int | None = None  # where the held utterance's speech paused (a sample)
         self._queue: list[UtteranceDecode] = []  # closed utterances, oldest first
         self._settled: list[str] = []
         self._unsettled: list[str] = []  # finals not yet covered by an utterance
@@ -219,10 +229,46 @@ class SecondPass:
         else:
             self._settled.append(text)
 
+    @property
+    def held(self) -> bool:
+        """An utterance paused short of `min_s` and goes on when speech resumes."""
+        return self.held_end is not None
+
+    def pause(self, end_sample: int) -> None:
+        """Speech paused at `end_sample` (a VAD end). The utterance closes once it spans
+        `min_s`; a shorter one is held, its audio recorded through the pause, and decoded
+        with the speech that follows: on real speech a second decode of several seconds
+        reads better than one of each phrase (bench/accuracy.py). While the model is busy,
+        each pause closes one: a longer window holds a worker longer, and the finals of
+        other sessions wait behind it (bench/capacity.py)."""
+        if not self.enabled:
+            return
+        if self._min_s <= 0 or self._redecoder.busy() \
+                or self.recorder.span_s(end_sample / SAMPLE_RATE) >= self._min_s:
+            self.close(float("inf"), audio_end=end_sample)
+        else:
+            self.held_end = end_sample
+
+    def resume(self) -> None:
+        """Speech resumed within the pause: the held utterance goes on."""
+        self.held_end = None
+
+    def expire(self, now: int) -> None:
+        """Close the held utterance once its pause has lasted `HOLD_PAUSE_S` at sample `now`."""
+        if self.held_end is not None and now - self.held_end >= HOLD_PAUSE_S * SAMPLE_RATE:
+            self.release()
+
+    def release(self) -> None:
+        """Close the held utterance now (a long pause, a client's commit, the end)."""
+        if self.held_end is not None:
+            end, self.held_end = self.held_end, None
+            self.close(float("inf"), audio_end=end)
+
     def close(self, until: float, audio_end: int | None = None) -> None:
         """Queue the finals that ended by `until` for their second decode."""
         if not self.enabled:
             return
+        self.held_end = None
         context = self._redecoder.context
         closed = self.recorder.close(until, context.tokens(until=self.recorder.context_start),
                                      audio_end=audio_end)
@@ -230,9 +276,12 @@ class SecondPass:
             return
         future = None
         if 0 < len(closed.audio) <= WINDOW_SAMPLES:
-            options = self._redecoder.options_for(closed.prompt, beam_size=self._beam_size)
+            busy = self._redecoder.busy()
+            options = self._redecoder.options_for(
+                closed.prompt, beam_size=self._busy_beam_size if busy else self._beam_size)
             end = round(closed.offset * SAMPLE_RATE) + len(closed.audio)
-            future = self._redecoder.submit(closed.audio, options, end)
+            future = self._redecoder.submit(closed.audio, options, end,
+                                            None if busy else UTTERANCE_PAD_S)
         self._queue.append(UtteranceDecode(closed, future))
 
     @property
@@ -299,3 +348,4 @@ class SecondPass:
     def clear(self) -> None:
         self.recorder.clear()
         self._queue = []
+        self.held_end = None
