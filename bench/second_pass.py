@@ -8,7 +8,11 @@ the second pass would, one window per group, each prompted with the text decoded
   Whisper's own window), at beam `beam`;
 - `m<min>p<pad>b<beam>`: regions joined until the group spans `min` s (at most 28 s), the
   pauses between them included, as `utterance_min_s` holds an utterance through pauses;
-  `g<s>` after it: never across a pause longer than `s`.
+  `g<s>` after it: never across a pause longer than `s`;
+- then, each optional: `w<n>`, the prompt is the last `n` words decoded before (default 100,
+  about the rolling context's length; `w0`: no prompt); `c`, a decode that stops more than
+  GO_ON_S before its window's end goes on with the rest, prompted with what it wrote; `t`,
+  a window that fails Whisper's thresholds is decoded again hotter, as a file's is.
 
 No guards (the live path's loop and lost-words fallbacks), no timing: it isolates what the
 window does to the words, in a minute per setting for tiny.en. WER pooled over each kind, as
@@ -21,6 +25,8 @@ so that row moves a little between runs, on the conversation kind most).
 from __future__ import annotations
 
 import argparse
+import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +39,9 @@ from whisper_service.vad import VADIterator, get_vad_model
 
 SR = 16000
 MAX_S = 28.0
+PROMPT_WORDS = 100  # the rolling context's length in words, about
+FALLBACK = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # `t`: faster-whisper's temperatures, as a file's
+GO_ON_S = 1.5  # `c`: speech left after the last word that is decoded again
 
 
 def regions(audio: np.ndarray) -> list[tuple[int, int]]:
@@ -66,30 +75,59 @@ def groups(spans: list[tuple[int, int]], min_s: float,
     return out + [group] if group else out
 
 
-def parse(config: str) -> tuple[float, float, int, float]:
-    """(min_s, pad_s, beam, gap_s) of a config name."""
-    body, _, gap = config.partition("g")
-    beam = int(body.split("b")[-1])
-    if body.startswith("u"):
-        return 0.0, float(body[1:].split("b")[0]), beam, float("inf")
-    min_s, pad = body[1:].split("b")[0].split("p")
-    return float(min_s), float(pad), beam, float(gap) if gap else float("inf")
+CONFIG = re.compile(r"(?:u(?P<upad>[\d.]+)|m(?P<min>[\d.]+)p(?P<pad>[\d.]+))b(?P<beam>\d+)"
+                    r"(?:g(?P<gap>[\d.]+))?(?:w(?P<words>\d+))?(?P<go_on>c)?(?P<hot>t)?$")
 
 
-def second_pass(decoder: Decoder, audio: np.ndarray, config: str) -> str:
-    min_s, pad, beam, gap = parse(config)
+@dataclass(frozen=True)
+class Config:
+    min_s: float
+    pad_s: float
+    beam: int
+    gap_s: float = float("inf")
+    prompt_words: int = PROMPT_WORDS
+    go_on: bool = False
+    hot: bool = False
+
+
+def parse(config: str) -> Config:
+    """A config name: `u<pad>b<beam>` or `m<min>p<pad>b<beam>`, then `g<gap>`, `w<words>`
+    (the prompt: the last `words` words decoded before; 0: none) and `c` (go on after an
+    early stop), each optional."""
+    match = CONFIG.match(config)
+    if match is None:
+        raise SystemExit(f"not a config: {config}")
+    g = match.groupdict()
+    return Config(0.0 if g["upad"] else float(g["min"]), float(g["upad"] or g["pad"]),
+                  int(g["beam"]), float(g["gap"]) if g["gap"] else float("inf"),
+                  int(g["words"]) if g["words"] else PROMPT_WORDS, bool(g["go_on"]),
+                  bool(g["hot"]))
+
+
+def second_pass(decoder: Decoder, audio: np.ndarray, name: str) -> str:
+    config = parse(name)
     texts: list[str] = []
-    for group in groups(regions(audio), min_s, gap):
+    for group in groups(regions(audio), config.min_s, config.gap_s):
         window = audio[group[0][0]:min(group[-1][1], len(audio))]
         step = int(MAX_S * SR)
         for piece in (window[i:i + step] for i in range(0, len(window), step)):
-            prompt = " ".join(" ".join(texts).split()[-100:]) or None
-            options = TranscribeOptions(language="en", beam_size=beam, word_timestamps=True,
-                                        vad_filter=False, initial_prompt=prompt,
-                                        condition_on_previous_text=False, temperature=0.0)
-            texts.append(decoder.decode(DecodeRequest(piece, options, window=True,
-                                                      pad_s=pad)).text.strip())
-    return " ".join(texts)
+            for _ in range(3 if config.go_on else 1):
+                words = " ".join(texts).split()[-config.prompt_words:] if config.prompt_words \
+                    else []
+                options = TranscribeOptions(language="en", beam_size=config.beam,
+                                            word_timestamps=True, vad_filter=False,
+                                            initial_prompt=" ".join(words) or None,
+                                            condition_on_previous_text=False,
+                                            temperature=FALLBACK if config.hot else 0.0)
+                result = decoder.decode(DecodeRequest(piece, options, window=True,
+                                                      pad_s=config.pad_s))
+                texts.append(result.text.strip())
+                decoded = [w for s in result.segments for w in s.words]
+                end = decoded[-1].end if decoded else 0.0
+                if len(piece) / SR - end <= GO_ON_S:
+                    break
+                piece = piece[int(end * SR):]  # the model stopped early: decode the rest
+    return " ".join(t for t in texts if t)
 
 
 def main() -> None:

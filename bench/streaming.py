@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,13 @@ from server import _english_normalizer  # bench/ is the script's directory
 from whisper_service.config import get_settings
 from whisper_service.engine.decoder import Decoder
 from whisper_service.engine.manager import ModelManager
-from whisper_service.streaming import ReplayMode, StreamingSession, StreamOptions, replay
+from whisper_service.streaming import (
+    ReplayMode,
+    SkippingClock,
+    StreamingSession,
+    StreamOptions,
+    replay,
+)
 from whisper_service.transcript import DecodeRequest, TranscribeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,14 +64,25 @@ class Live:
 
 def stream_once(manager: ModelManager, model: str, options: StreamOptions, audio: np.ndarray,
                 mode: ReplayMode = "simulated") -> Live:
+    """One session over `audio`. Simulated, the model's scheduler measures its utilization
+    (which decides `Decoder.busy`) on a clock that adds the waits for audio the replay
+    skipped, as one real-time client would leave its workers idle; one session at a time."""
     finals, utterances, latencies = [], [], []
     with StreamingSession.open(manager, model, options) as session:
-        for emitted_at, event in replay(session, audio, mode):
-            if event.type == "final":
-                finals.append(event.text)
-                latencies += [emitted_at - w.end for w in event.words]
-            elif event.type == "utterance":
-                utterances.append(event.text)
+        scheduler = manager.get(model).scheduler
+        skipping = SkippingClock() if mode == "simulated" and scheduler else None
+        if skipping is not None:
+            scheduler.use_clock(skipping)
+        try:
+            for emitted_at, event in replay(session, audio, mode, skipping=skipping):
+                if event.type == "final":
+                    finals.append(event.text)
+                    latencies += [emitted_at - w.end for w in event.words]
+                elif event.type == "utterance":
+                    utterances.append(event.text)
+        finally:
+            if skipping is not None:
+                scheduler.use_clock(time.monotonic)
         return Live(" ".join(finals), " ".join(utterances), session.transcript, latencies,
                     session.stats)
 

@@ -118,14 +118,18 @@ class RollingContext:
         text = " ".join([self._static_prompt, *words]).strip()
         return text or None
 
-    def tokens(self, until: int | None = None) -> tuple[int, ...] | None:
+    def tokens(self, until: int | None = None,
+               recent: int | None = None) -> tuple[int, ...] | None:
         """The prompt as tokens, static prompt whole, with the oldest committed tokens cut so
         that the length is a multiple of PROMPT_STEP (a few tokens of the oldest context
-        matter little; a shared length lets sessions' decodes share a batch)."""
+        matter little; a shared length lets sessions' decodes share a batch); with `recent`,
+        at most that many committed tokens."""
         text = self.prompt(until)
         if text is None:
             return None
         ids = self._tokenizer.encode(" " + text, add_special_tokens=False).ids
+        if recent is not None and len(ids) - self._static_tokens > recent:
+            ids = ids[:self._static_tokens] + ids[len(ids) - recent:]
         keep = len(ids) // PROMPT_STEP * PROMPT_STEP
         if keep <= self._static_tokens:  # no committed text would be left: send it all
             return tuple(ids)

@@ -244,6 +244,30 @@ def test_utilization_is_the_busy_share_of_the_workers_over_the_last_seconds(monk
     s.close()
 
 
+def test_utilization_on_a_clock_that_skips_waits_sees_an_idle_model():
+    """A simulated replay decodes back to back, skipping the waits for audio: on a clock that
+    adds those waits (SkippingClock), a batch grows old as it would in real time."""
+    from whisper_service.streaming import SkippingClock
+
+    slow = Runner()
+    s = scheduler(slow, workers=1)
+    s.use_clock(skipping := SkippingClock())
+    slow.gate.clear()
+    running = s.submit(("a", 0))
+    assert slow.started.wait(5)
+    time.sleep(0.3)
+    slow.gate.set()
+    running.result(5)
+    assert s.wait_idle(5)
+    on_wall = s.utilization()  # 0.3 s of the last 5 s, on the wall clock
+    assert 0.05 <= on_wall <= 0.2
+    skipping.skipped += 6.0  # the replay skipped 6 s of waiting since: the batch is old
+    assert s.utilization() == 0.0
+    s.use_clock(time.monotonic)  # and back: the history on the other clock is dropped
+    assert s.utilization() == 0.0
+    s.close()
+
+
 def test_submit_all_fills_a_batch_on_every_worker_from_the_first():
     """Requests submitted one by one: the first leaves alone while the rest queue. Submitted
     together (as warm-up does), each of the two workers takes a full batch."""

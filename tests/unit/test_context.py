@@ -108,6 +108,23 @@ def test_static_prompt_is_never_trimmed(tokenizer) -> None:
     assert ctx.static_prompt == static
 
 
+@pytest.mark.parametrize("static", ["", "Names: Siobhán, Jörg. Terms: CTranslate2."])
+def test_recent_keeps_the_static_prompt_and_the_newest_committed_tokens(tokenizer,
+                                                                         static) -> None:
+    ctx = init_context(tokenizer, static)
+    for i in range(40):
+        ctx.append(f"sentence number {i} talks about things.")
+    whole = ctx.tokens()
+    static_ids = tuple(tokenizer.encode(" " + static, add_special_tokens=False).ids) \
+        if static else ()
+    recent = ctx.tokens(recent=40)
+    assert recent[:len(static_ids)] == static_ids
+    committed = recent[len(static_ids):]
+    assert 40 - PROMPT_STEP < len(committed) <= 40
+    assert whole[len(whole) - len(committed):] == committed  # the newest, in order
+    assert ctx.tokens(recent=10_000) == whole
+
+
 def test_static_prompt_filling_the_whole_budget_leaves_no_room(tokenizer) -> None:
     static = "alpha beta gamma"
     ctx = init_context(tokenizer, static, max_context_tokens=sent_tokens(tokenizer, static))

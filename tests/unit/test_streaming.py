@@ -18,7 +18,7 @@ import threading
 import time
 import wave
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -945,6 +945,44 @@ def test_a_busy_model_decodes_utterances_cheaper(passage, tiny_en_tokenizer):
         assert all(c.options.beam_size == beam and c.pad_s == pad for c in whole), busy
 
 
+class FlippingDecoder(GridDecoder):
+    """Busy at every odd `busy()` question and idle at every even one: asked twice about one
+    pause, it would say the model freed up between the pause's decision and the decode."""
+
+    def busy(self) -> bool:
+        self.asked = getattr(self, "asked", 0) + 1
+        return self.asked % 2 == 1
+
+
+def test_a_pause_closes_and_decodes_its_utterance_on_one_answer(passage, tiny_en_tokenizer):
+    """A short utterance closed because the model was busy is decoded in the busy form, even
+    if the model is idle by the time the decode is submitted: one question, one answer."""
+    pcm = build(passage[:4 * SR], 1.0, passage[4 * SR:8 * SR])
+    options = stream_options(utterances=True, utterance_min_s=10.0, utterance_beam_size=4,
+                             utterance_busy_beam_size=2)
+    decoder = FlippingDecoder(pcm)
+    _, events = run(decoder, pcm, tiny_en_tokenizer, options)
+    whole = [c for c in decoder.calls if second_decode(c.options)]
+    assert len(whole) == len(utterances(events)) == 2  # the 4 s phrase was not held
+    assert (whole[0].options.beam_size, whole[0].pad_s) == (2, None)
+
+
+def test_a_simulated_replay_counts_the_waits_it_skips(passage, tiny_en_tokenizer):
+    """The computation-aware replay does not wait for audio; it adds each skipped wait to a
+    SkippingClock, so that clock runs as a real-time client's would (all but the compute)."""
+    from whisper_service.streaming import SkippingClock, replay
+
+    pcm = build(passage[:6 * SR])
+    session = StreamingSession(GridDecoder(pcm), init_context(tiny_en_tokenizer),
+                               stream_options(), vad_model=get_vad_model())
+    skipping, started = SkippingClock(), time.perf_counter()
+    events = [e for _, e in replay(session, to_float(pcm), "simulated", skipping=skipping)]
+    wall = time.perf_counter() - started
+    assert finals(events)
+    seconds = len(pcm) / SR
+    assert seconds - wall <= skipping.skipped <= seconds
+
+
 def test_a_long_utterance_closes_at_a_buffer_cut_within_whisper_window(passage,
                                                                        tiny_en_tokenizer):
     pcm = build(passage, 0.3, passage)
@@ -1001,10 +1039,52 @@ class FailingUtteranceDecoder(GridDecoder):
         return future
 
 
-@pytest.mark.parametrize("decoder_class", [ForgetfulDecoder, FailingUtteranceDecoder])
+class RepetitiveDecoder(GridDecoder):
+    """The second decode's text differs from the finals' and compresses as a loop does."""
+
+    def decode(self, request):
+        result = super().decode(request)
+        if not second_decode(request.options):
+            return result
+        return replace(result, segments=tuple(
+            replace(s, words=tuple(replace(w, word=w.word.upper()) for w in s.words),
+                    compression_ratio=2.6) for s in result.segments))
+
+
+class HalfwayDecoder(GridDecoder):
+    """The first second decode stops halfway through its window (the model ended its text
+    early); the second decodes' words are upper-case, so they tell from the finals'."""
+
+    def decode(self, request):
+        result = super().decode(request)
+        if not second_decode(request.options):
+            return result
+        first = sum(second_decode(c.options) for c in self.calls) == 1
+        stop = self.calls[-1].duration / 2 if first else float("inf")
+        return replace(result, segments=tuple(
+            replace(s, words=tuple(replace(w, word=w.word.upper()) for w in s.words
+                                   if w.end <= stop))
+            for s in result.segments if s.words and s.words[0].end <= stop))
+
+
+def test_a_second_decode_that_stops_early_goes_on_with_the_rest(passage, tiny_en_tokenizer):
+    pcm = build(passage[:8 * SR])
+    decoder = HalfwayDecoder(pcm)
+    _, events = run(decoder, pcm, tiny_en_tokenizer, stream_options(utterances=True))
+    whole = [c for c in decoder.calls if second_decode(c.options)]
+    assert len(whole) == 2
+    assert whole[0].start + whole[0].duration / 2 - 1.0 <= whole[1].start \
+        <= whole[0].start + whole[0].duration / 2 + 0.01
+    [u] = utterances(events)
+    assert u.text == " ".join(f.text for f in finals(events)).upper()
+
+
+@pytest.mark.parametrize("decoder_class", [ForgetfulDecoder, FailingUtteranceDecoder,
+                                           RepetitiveDecoder])
 def test_an_utterance_never_reads_worse_than_its_finals(passage, tiny_en_tokenizer,
                                                        decoder_class):
-    """A second decode that wrote nothing, or failed, leaves the finals as the utterance."""
+    """A second decode that wrote nothing, failed, or repeats itself past Whisper's
+    compression-ratio threshold leaves the finals as the utterance."""
     pcm = build(passage[:10 * SR])
     session, events = run(decoder_class(pcm), pcm, tiny_en_tokenizer,
                           stream_options(utterances=True))

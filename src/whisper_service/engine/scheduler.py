@@ -64,6 +64,7 @@ class BatchScheduler(Generic[R, T]):
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size (for /metrics)
         self.wait_s_total = 0.0  # time requests spent queued, summed
         self._busy: deque[tuple[float, float]] = deque()  # (start, end) of recent batches
+        self.clock: Callable[[], float] = time.monotonic  # `utilization`'s (see use_clock)
         self._running = 0  # batches taken and not yet answered
         self._pending: deque[_Job[R, T]] = deque()
         self._cond = threading.Condition()
@@ -85,10 +86,19 @@ class BatchScheduler(Generic[R, T]):
         """Batches being decoded now."""
         return self._running
 
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Measure `utilization` on `clock` from now on; the history on the old clock goes.
+        A benchmark that replays audio without waiting for it sets one that adds the waits
+        it skipped (streaming.SkippingClock), so that a session's share of the workers is
+        what it would be in real time."""
+        with self._cond:
+            self.clock = clock
+            self._busy.clear()
+
     def utilization(self) -> float:
         """The share of the workers' time spent running batches over the last
         UTILIZATION_WINDOW_S (batches still running count once they end)."""
-        now = time.monotonic()
+        now = self.clock()
         since = now - UTILIZATION_WINDOW_S
         with self._cond:
             self._forget_busy(since)
@@ -190,7 +200,7 @@ class BatchScheduler(Generic[R, T]):
 
     def _execute(self, batch: list[_Job[R, T]]) -> None:
         try:
-            started = time.monotonic()
+            started, began = time.monotonic(), self.clock()
             with self._cond:
                 self.batch_sizes[len(batch)] += 1
                 self.wait_s_total += sum(started - job.queued_at for job in batch)
@@ -205,9 +215,9 @@ class BatchScheduler(Generic[R, T]):
             for job, result in zip(batch, results):
                 job.future.set_result(result)
         finally:
-            ended = time.monotonic()
+            ended = self.clock()
             with self._cond:
-                self._busy.append((started, ended))
+                self._busy.append((began, ended))
                 self._forget_busy(ended - UTILIZATION_WINDOW_S)
                 self._running -= 1
                 self._cond.notify_all()

@@ -4,8 +4,8 @@
 from .events import StreamEvent
 from .options import StreamOptions
 from .redecode import SessionCancelled
-from .replay import ReplayMode, replay
+from .replay import ReplayMode, SkippingClock, replay
 from .session import StreamingSession
 
-__all__ = ["ReplayMode", "SessionCancelled", "StreamEvent", "StreamOptions", "StreamingSession",
-           "replay"]
+__all__ = ["ReplayMode", "SessionCancelled", "SkippingClock", "StreamEvent", "StreamOptions",
+           "StreamingSession", "replay"]

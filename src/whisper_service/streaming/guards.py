@@ -73,6 +73,19 @@ def _repeats_to_end(words: list[str], gram: list[str]) -> bool:
 
 
 
+# faster-whisper's `compression_ratio_threshold` (its `transcribe` default, and Whisper's).
+MAX_COMPRESSION_RATIO = 2.4
+
+
+def repetitive(result: Transcript) -> bool:
+    """Whether a decode's text repeats itself as Whisper's own test sees it: it compresses
+    (gzip) more than `MAX_COMPRESSION_RATIO`. It catches loops whose repeats vary a little
+    ("I got her 3% I got her 1% 5% I got her 3% ..."), which `loop_start` does not, as it
+    looks for exact back-to-back repeats; a file decode re-decodes such a window hotter, a
+    stream's second pass keeps its finals instead."""
+    return any(s.compression_ratio > MAX_COMPRESSION_RATIO for s in result.segments)
+
+
 def trusted_words(result: Transcript, prefix: str,
                   offset: float) -> tuple[list[Word], list[float]]:
     """A decode's words in stream time (`offset`: the stream time of its audio's start),

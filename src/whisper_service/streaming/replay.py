@@ -16,15 +16,29 @@ from .session import StreamingSession
 ReplayMode = Literal["simulated", "realtime", "fast"]
 
 
+class SkippingClock:
+    """Monotonic time plus the waits a simulated replay skipped: on it, a replayed session's
+    decodes take the share of time they would take in real time. A scheduler measuring its
+    utilization on wall time would see the replay's back-to-back decodes as a busy model."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped
+
+
 def replay(session: StreamingSession, audio: np.ndarray, mode: ReplayMode = "simulated",
-           chunk_s: float = 0.1) -> Iterator[tuple[float, StreamEvent]]:
+           chunk_s: float = 0.1,
+           skipping: SkippingClock | None = None) -> Iterator[tuple[float, StreamEvent]]:
     """Push a recording through a session as a live client would, yielding (emitted_at, event).
 
     `simulated` (computation-aware): audio becomes available at its own time, and the clock
     also advances by the compute actually spent, so latencies include compute without waiting
     in real time. `realtime` paces pushes by the wall clock; `fast` pushes without pause. In
     the first two, the chunks that arrived during a decode are pushed together, as the server
-    does with frames that queued up on its socket.
+    does with frames that queued up on its socket. `skipping` (simulated): the waits for
+    audio that were skipped are added to it.
     """
     step = max(1, int(chunk_s * SAMPLE_RATE))
     clock, started = 0.0, time.perf_counter()
@@ -43,6 +57,8 @@ def replay(session: StreamingSession, audio: np.ndarray, mode: ReplayMode = "sim
                 j += 1
             chunk, available_at = audio[i * step:j * step], arrivals[j - 1]
             i = j
+        if skipping is not None and mode == "simulated":  # the wait for this audio
+            skipping.skipped += max(0.0, available_at - clock)
         spent = time.perf_counter()
         events = session.push(chunk) if chunk is not None else session.end_of_stream()
         spent = time.perf_counter() - spent

@@ -15,6 +15,7 @@ the transcript and the rolling context.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -23,9 +24,9 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE
 from ..timeline import clamp_words
-from ..transcript import WINDOW_SAMPLES, Transcript, Word
+from ..transcript import WINDOW_SAMPLES, TranscribeOptions, Transcript, Word
 from .events import StreamEvent
-from .guards import loop_start, trusted_words
+from .guards import loop_start, repetitive, trusted_words
 from .redecode import Redecoder
 
 # Whisper decodes at most 30 s in one window, so a longer utterance is closed at a buffer cut:
@@ -41,6 +42,13 @@ HOLD_PAUSE_S = 2.0
 # utterance's length. The steps' shorter padding reads real speech worse (bench/accuracy.py),
 # but costs less compute and working memory: utterances take it while the model is busy.
 UTTERANCE_PAD_S = 30.0
+# The most committed text the second decode is prompted with (a static prompt comes whole): a
+# window of several phrases needs less context than a step does, and base copied a longer
+# prompt into its text or stopped early after it (bench/second_pass.py).
+UTTERANCE_PROMPT_TOKENS = 80
+# A second decode whose words stop this long before its utterance's end, where finals hold
+# words, goes on with the rest: once, as the model stopping early twice is rare.
+GO_ON_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -168,11 +176,15 @@ class UtteranceRecorder:
 
 
 class UtteranceDecode:
-    """A closed utterance and its second decode, running on the model's workers."""
+    """A closed utterance and its second decode, running on the model's workers: one window,
+    or, where the model stopped early, that window and one of the rest (`go_on`)."""
 
-    def __init__(self, utterance: Utterance, future: Future[Transcript] | None) -> None:
-        self.utterance, self.future = utterance, future
-        self._submitted, self._done = time.perf_counter(), 0.0
+    def __init__(self, utterance: Utterance, future: Future[Transcript] | None,
+                 options: TranscribeOptions | None = None, pad_s: float | None = None) -> None:
+        self.utterance, self.future, self.options, self.pad_s = utterance, future, options, pad_s
+        self.parts: list[tuple[float, Transcript]] = []  # decodes taken, and where they start
+        self._start = 0.0  # where the running decode's audio starts (s into the utterance)
+        self._submitted, self._done, self._spent = time.perf_counter(), 0.0, 0.0
         if future is not None:
             future.add_done_callback(self._finished)
 
@@ -182,19 +194,39 @@ class UtteranceDecode:
     def done(self) -> bool:
         return self.future is None or self.future.done()
 
-    def result(self) -> Transcript | None:
-        """The second decode, or None when there was none or it failed (the model was
-        unloaded under it): the finals then stand for the utterance."""
-        if self.future is None:
-            return None
+    def take(self) -> None:
+        """Move the done decode's result into `parts`. A failed one (the model was unloaded
+        under it) leaves nothing: the finals then stand for its span."""
+        future, self.future = self.future, None
+        if future is None:
+            return
+        self._spent += max(0.0, self._done - self._submitted)
         try:
-            return self.future.result()
+            self.parts.append((self._start, future.result()))
         except Exception:
+            pass
+
+    def rest(self) -> float | None:
+        """Where speech the decodes left out starts (s into the utterance), if the model
+        stopped more than GO_ON_S before the utterance's end and its finals hold words there:
+        Whisper can end its text early on a long window, as `transcribe` would then seek on."""
+        if not self.parts:
             return None
+        start, last = self.parts[-1]
+        words = [w for s in last.segments for w in s.words]
+        stop = start + (words[-1].end if words else 0.0)
+        spoken = [w for w in self.utterance.words if w.start - self.utterance.offset > stop]
+        duration = len(self.utterance.audio) / SAMPLE_RATE
+        return stop if words and duration - stop > GO_ON_S and spoken else None
+
+    def go_on(self, start: float, future: Future[Transcript]) -> None:
+        self.future, self._start = future, start
+        self._submitted, self._done = time.perf_counter(), 0.0
+        future.add_done_callback(self._finished)
 
     def elapsed(self) -> float:
-        """Submission to result: the decode's time, plus any wait for a worker."""
-        return max(0.0, (self._done or time.perf_counter()) - self._submitted)
+        """Submission to result, over its decodes: their time, plus any wait for a worker."""
+        return self._spent
 
 
 class SecondPass:
@@ -243,9 +275,10 @@ class SecondPass:
         other sessions wait behind it (bench/capacity.py)."""
         if not self.enabled:
             return
-        if self._min_s <= 0 or self._redecoder.busy() \
+        busy = self._redecoder.busy()
+        if self._min_s <= 0 or busy \
                 or self.recorder.span_s(end_sample / SAMPLE_RATE) >= self._min_s:
-            self.close(float("inf"), audio_end=end_sample)
+            self.close(float("inf"), audio_end=end_sample, busy=busy)
         else:
             self.held_end = end_sample
 
@@ -264,30 +297,59 @@ class SecondPass:
             end, self.held_end = self.held_end, None
             self.close(float("inf"), audio_end=end)
 
-    def close(self, until: float, audio_end: int | None = None) -> None:
-        """Queue the finals that ended by `until` for their second decode."""
+    def close(self, until: float, audio_end: int | None = None,
+              busy: bool | None = None) -> None:
+        """Queue the finals that ended by `until` for their second decode, in the busy
+        form if `busy` (default: whether the model is busy now). A caller that has already
+        asked passes its answer, so one utterance is closed and decoded on one answer."""
         if not self.enabled:
             return
         self.held_end = None
         context = self._redecoder.context
-        closed = self.recorder.close(until, context.tokens(until=self.recorder.context_start),
-                                     audio_end=audio_end)
+        prompt = context.tokens(until=self.recorder.context_start,
+                                recent=UTTERANCE_PROMPT_TOKENS)
+        closed = self.recorder.close(until, prompt, audio_end=audio_end)
         if closed is None:
             return
-        future = None
-        if 0 < len(closed.audio) <= WINDOW_SAMPLES:
+        if not 0 < len(closed.audio) <= WINDOW_SAMPLES:
+            self._queue.append(UtteranceDecode(closed, None))
+            return
+        if busy is None:
             busy = self._redecoder.busy()
-            options = self._redecoder.options_for(
-                closed.prompt, beam_size=self._busy_beam_size if busy else self._beam_size)
-            end = round(closed.offset * SAMPLE_RATE) + len(closed.audio)
-            future = self._redecoder.submit(closed.audio, options, end,
-                                            None if busy else UTTERANCE_PAD_S)
-        self._queue.append(UtteranceDecode(closed, future))
+        options = self._redecoder.options_for(
+            closed.prompt, beam_size=self._busy_beam_size if busy else self._beam_size)
+        pad = None if busy else UTTERANCE_PAD_S
+        end = round(closed.offset * SAMPLE_RATE) + len(closed.audio)
+        future = self._redecoder.submit(closed.audio, options, end, pad)
+        self._queue.append(UtteranceDecode(closed, future, options, pad))
 
     @property
     def ready(self) -> bool:
-        """The oldest closed utterance's second decode is done."""
-        return bool(self._queue) and self._queue[0].done()
+        """The oldest closed utterance's second decode is done (a decode that stopped early
+        is followed, on the way, by one of the rest: see `_advance`)."""
+        return bool(self._queue) and self._advance(self._queue[0])
+
+    def _advance(self, pending: UtteranceDecode, wait: bool = False) -> bool:
+        """Whether `pending`'s decodes are all done; each that is done is taken, and one that
+        stopped early is followed by a decode of the rest, prompted with what it wrote."""
+        while True:
+            if not pending.done():
+                if not wait:
+                    return False
+                with contextlib.suppress(Exception):  # `take` hears of it
+                    pending.future.result()  # type: ignore[union-attr]
+            gone_on = len(pending.parts)
+            pending.take()
+            start = pending.rest()
+            if start is None or gone_on or pending.options is None:
+                return True
+            utterance = pending.utterance
+            written = tuple(t for s in pending.parts[-1][1].segments for t in s.tokens)
+            options = replace(pending.options,
+                              initial_prompt=(utterance.prompt or ()) + written)
+            audio = utterance.audio[int(start * SAMPLE_RATE):]
+            end = round(utterance.offset * SAMPLE_RATE) + len(utterance.audio)
+            pending.go_on(start, self._redecoder.submit(audio, options, end, pending.pad_s))
 
     @property
     def running(self) -> Future[Transcript] | None:
@@ -299,7 +361,7 @@ class SecondPass:
         """The `utterance` events of the closed utterances whose decode is done (with
         `wait`, of all of them), in order."""
         events = []
-        while self._queue and (wait or self.ready):
+        while self._queue and self._advance(self._queue[0], wait):
             pending = self._queue.pop(0)
             event, stop = self._event(pending, language)
             shift = stop - pending.utterance.context[1]  # later positions moved with it
@@ -317,15 +379,17 @@ class SecondPass:
         utterance = pending.utterance
         finals = utterance.words
         words: list[Word] = []
-        result = pending.result()
-        if result is not None:
+        looped = False
+        if pending.parts:
             elapsed = pending.elapsed()
             self.seconds += elapsed
             self._redecoder.timed(elapsed)
-            words, _ = trusted_words(result, "", utterance.offset)
+        for start, result in pending.parts:
+            words += trusted_words(result, "", utterance.offset + start)[0]
+            looped = looped or repetitive(result)
         self.count += 1
         # A second look that lost half the words, or looped, is worse than the finals.
-        if loop_start([w.word for w in words]) is not None \
+        if looped or loop_start([w.word for w in words]) is not None \
                 or word_count(words) < word_count(finals) / 2:
             words = finals
             self.fallbacks += 1
