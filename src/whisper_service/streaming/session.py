@@ -193,7 +193,7 @@ class StreamingSession:
 
     @property
     def utterances_due(self) -> bool:
-        """The oldest closed utterance's second decode is done (see `decode_utterances`)."""
+        """The oldest utterance's running decode is done (see `SecondPass.ready`)."""
         return not self.cancelled and self._second.ready
 
     @property

@@ -325,9 +325,10 @@ class SecondPass:
 
     @property
     def ready(self) -> bool:
-        """The oldest closed utterance's second decode is done (a decode that stopped early
-        is followed, on the way, by one of the rest: see `_advance`)."""
-        return bool(self._queue) and self._advance(self._queue[0])
+        """The oldest closed utterance's running decode is done: `events` has work to do.
+        It submits nothing (a server asks this on its event loop): where that decode stopped
+        early, `events` submits the rest, and the utterance is ready again when that is."""
+        return bool(self._queue) and self._queue[0].done()
 
     def _advance(self, pending: UtteranceDecode, wait: bool = False) -> bool:
         """Whether `pending`'s decodes are all done; each that is done is taken, and one that
