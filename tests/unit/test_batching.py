@@ -224,6 +224,17 @@ def test_wait_idle_returns_once_nothing_is_queued_or_running():
     s.close()
 
 
+def run_one_batch(s, slow: Runner, seconds: float) -> None:
+    """One batch that runs for `seconds`, to its end, with nothing left running."""
+    slow.gate.clear()
+    running = s.submit(("a", 0))
+    assert slow.started.wait(5)
+    time.sleep(seconds)
+    slow.gate.set()
+    running.result(5)
+    assert s.wait_idle(5)
+
+
 def test_utilization_is_the_busy_share_of_the_workers_over_the_last_seconds(monkeypatch):
     from whisper_service.engine import scheduler as batching
 
@@ -231,13 +242,7 @@ def test_utilization_is_the_busy_share_of_the_workers_over_the_last_seconds(monk
     slow = Runner()
     s = scheduler(slow, workers=1)
     assert s.utilization() == 0.0
-    slow.gate.clear()
-    running = s.submit(("a", 0))
-    assert slow.started.wait(5)
-    time.sleep(0.3)
-    slow.gate.set()
-    running.result(5)
-    assert s.wait_idle(5)  # the batch's busy time is recorded as it finishes
+    run_one_batch(s, slow, 0.3)  # its busy time is recorded as it finishes
     assert 0.5 <= s.utilization() <= 1.0  # 0.3 s busy of the last 0.5 s
     time.sleep(0.6)
     assert s.utilization() == 0.0  # and forgotten once it is older than the window
@@ -252,13 +257,7 @@ def test_utilization_on_a_clock_that_skips_waits_sees_an_idle_model():
     slow = Runner()
     s = scheduler(slow, workers=1)
     s.use_clock(skipping := SkippingClock())
-    slow.gate.clear()
-    running = s.submit(("a", 0))
-    assert slow.started.wait(5)
-    time.sleep(0.3)
-    slow.gate.set()
-    running.result(5)
-    assert s.wait_idle(5)
+    run_one_batch(s, slow, 0.3)
     on_wall = s.utilization()  # 0.3 s of the last 5 s, on the wall clock
     assert 0.05 <= on_wall <= 0.2
     skipping.skipped += 6.0  # the replay skipped 6 s of waiting since: the batch is old
