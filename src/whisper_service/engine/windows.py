@@ -36,6 +36,11 @@ WINDOW_FRAMES = 30 * FRAMES_PER_SECOND
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
 
 
+# A window whose text compresses (gzip) more than this repeats itself: faster-whisper's
+# `compression_ratio_threshold`, its `transcribe` default and Whisper's.
+MAX_COMPRESSION_RATIO = 2.4
+
+
 def prompt_tokens(loaded: LoadedModel, prompt: str | tuple[int, ...] | None) -> tuple[int, ...]:
     """A prompt's tokens as faster-whisper makes them (a token tuple is used as given)."""
     if isinstance(prompt, tuple):
@@ -234,7 +239,7 @@ def _window_options(opts: TranscribeOptions, tokenizer: Tokenizer) -> Transcript
     return TranscriptionOptions(
         beam_size=opts.beam_size, best_of=5, patience=1.0, length_penalty=1.0,
         repetition_penalty=1.0, no_repeat_ngram_size=0, log_prob_threshold=-1.0,
-        no_speech_threshold=0.6, compression_ratio_threshold=2.4,
+        no_speech_threshold=0.6, compression_ratio_threshold=MAX_COMPRESSION_RATIO,
         condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
         temperatures=list(_temperatures(opts)), initial_prompt=None, prefix=None,
         suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from ..engine.windows import MAX_COMPRESSION_RATIO
 from ..text import normalize
 from ..transcript import Segment, Transcript, Word
 
@@ -71,10 +72,6 @@ def _repeats_to_end(words: list[str], gram: list[str]) -> bool:
     """`words` is `gram` over and over, the last time possibly cut short."""
     return all(w == gram[k % len(gram)] for k, w in enumerate(words))
 
-
-
-# faster-whisper's `compression_ratio_threshold` (its `transcribe` default, and Whisper's).
-MAX_COMPRESSION_RATIO = 2.4
 
 
 def repetitive(result: Transcript) -> bool:

@@ -215,7 +215,7 @@ class UtteranceDecode:
         start, last = self.parts[-1]
         words = [w for s in last.segments for w in s.words]
         stop = start + (words[-1].end if words else 0.0)
-        spoken = [w for w in self.utterance.words if w.start - self.utterance.offset > stop]
+        spoken = any(w.start - self.utterance.offset > stop for w in self.utterance.words)
         duration = len(self.utterance.audio) / SAMPLE_RATE
         return stop if words and duration - stop > GO_ON_S and spoken else None
 
@@ -339,10 +339,10 @@ class SecondPass:
                     return False
                 with contextlib.suppress(Exception):  # `take` hears of it
                     pending.future.result()  # type: ignore[union-attr]
-            gone_on = len(pending.parts)
+            gone_on = len(pending.parts) > 0  # one decode of the rest at most
             pending.take()
-            start = pending.rest()
-            if start is None or gone_on or pending.options is None:
+            start = None if gone_on or pending.options is None else pending.rest()
+            if start is None:
                 return True
             utterance = pending.utterance
             written = tuple(t for s in pending.parts[-1][1].segments for t in s.tokens)
