@@ -23,6 +23,15 @@ en_long (66 s) at once 0.5 s before them, with admission by lateness on (the def
 the burst, the refusals, and when the burst client's `done` came and its WER.
 
     .venv/bin/python bench/capacity.py --burst [--models tiny.en] [--clients 4 8]
+
+With `--upload FILE`, it measures what a long upload does to the real-time clients (files
+and streams share the model's decode workers and batch scheduler): for each N, a round of N
+real-time clients alone, then the same round while FILE is uploaded to
+/v1/audio/transcriptions again and again, from 0.5 s before the clients start until they
+end. It gives the clients' p90 latency without and with the uploads, and the uploads' audio
+seconds decoded per second meanwhile.
+
+    .venv/bin/python bench/capacity.py --upload long.wav [--models tiny.en] [--clients 4]
 """
 
 from __future__ import annotations
@@ -272,6 +281,53 @@ def burst_rounds(model: str, counts: list[int], clips: int) -> None:
                   flush=True)
 
 
+def upload_rounds(model: str, counts: list[int], clips: int, file: Path) -> None:
+    """Real-time clients alone, then next to uploads of `file` that run until they end."""
+    data = file.read_bytes()
+    print("| model | real-time clients | p90 s alone | p90 s next to the upload | ratio "
+          "| median s alone / next to it | uploads done | upload audio s per s |")
+    print("|---|---|---|---|---|---|---|---|")
+    with serving(model, max(counts)) as (host, server):
+        for n in counts:
+            p90s, medians = [], []
+            for uploading in (False, True):
+                stop, done = asyncio.Event(), []
+
+                async def upload() -> None:
+                    async with httpx.AsyncClient(timeout=3600) as client:
+                        while not stop.is_set():
+                            started = time.perf_counter()
+                            reply = await client.post(
+                                f"http://{host}/v1/audio/transcriptions",
+                                files={"file": (file.name, data)},
+                                data={"model": model, "language": "en",
+                                      "response_format": "verbose_json"})
+                            reply.raise_for_status()
+                            done.append((reply.json()["duration"],
+                                         time.perf_counter() - started))
+
+                async def round_with_upload() -> list[ClientResult]:
+                    task = asyncio.create_task(upload()) if uploading else None
+                    try:
+                        results, _, _ = await run_round(f"ws://{host}/v1/stream", model, n,
+                                                        clips, server, first=0)
+                    finally:
+                        stop.set()
+                        if task:
+                            await task  # the upload under way finishes
+                    return results
+
+                results = asyncio.run(round_with_upload())
+                latencies = [x for r in results for x in r.latencies]
+                p90s.append(percentile(latencies, 0.9))
+                medians.append(statistics.median(latencies))
+                time.sleep(1.0)
+            audio, wall = sum(d for d, _ in done), sum(w for _, w in done)
+            print(f"| {model} | {n} | {p90s[0]:.2f} | {p90s[1]:.2f} | {p90s[1] / p90s[0]:.2f} "
+                  f"| {medians[0]:.2f} / {medians[1]:.2f} | {len(done)} "
+                  f"| {audio / wall if wall else float('nan'):.1f} |", flush=True)
+
+
 def wer_rise(row: dict, alone: dict[int, float]) -> float:
     """The largest rise of a client's WER over its sequence's baseline in this round."""
     return max(r.wer - alone[i % len(PASSAGES)] for i, r in enumerate(row["results"]))
@@ -300,7 +356,13 @@ def main() -> None:
     parser.add_argument("--dump", type=Path, help="write every client's finals here (JSON)")
     parser.add_argument("--burst", action="store_true",
                         help="measure a burst client's effect on the real-time ones instead")
+    parser.add_argument("--upload", type=Path,
+                        help="measure a long upload's effect on the real-time clients instead")
     args = parser.parse_args()
+    if args.upload:
+        for model in args.models:
+            upload_rounds(model, args.clients, args.clips, args.upload)
+        return
     if args.burst:
         for model in args.models:
             burst_rounds(model, args.clients, args.clips)

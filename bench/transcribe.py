@@ -1,7 +1,24 @@
-"""Raw faster-whisper vs `whisper-service transcribe`: same files, same settings, same run.
+"""Files: our path against faster-whisper's sequential and batched pipelines, in one run.
 
-Each run is a fresh child process; wall time and peak RSS come from os.wait4, so both sides
-pay for interpreter start, model load and decode alike. Reports the median of --repeat runs.
+Each run is a fresh child process; wall time and peak RSS come from os.wait4, so every path
+pays for interpreter start, model load and decode alike. Paths:
+
+- `ours`: `whisper-service transcribe` as it ships (`file_decoding=batched`);
+- `ours sequential`: the same with `WHISPER_SERVICE_FILE_DECODING=sequential` (the path
+  before the batched one: chunk after chunk, each prompted with the text before it);
+- `fw sequential`: faster-whisper's `WhisperModel.transcribe` (beam 5, VAD);
+- `fw batched`: faster-whisper's `BatchedInferencePipeline` (beam 5, batch 8);
+- `idle`: a process that loads the model and stops, for the peak RSS a file job adds.
+
+Files, both long enough that batches fill:
+
+- `real`: the real-speech dev set (bench/data/real) joined, a second of silence between clips
+  (13.9 min, 19 speakers), WER against the joined references;
+- `synthetic`: tests/data/en_long ten times over (10.9 min, one neural voice), WER against its
+  text ten times.
+
+Reports the median wall time of --repeat runs (interleaved, so drift hits all alike), the
+throughput against `fw batched`'s, peak RSS, and WER after Whisper's English normalizer.
 
     .venv/bin/python bench/transcribe.py [--repeat 3] [--models tiny.en base]
 """
@@ -18,28 +35,45 @@ import time
 import wave
 from pathlib import Path
 
+import numpy as np
+from jiwer import wer
+
+from accuracy import REAL, load_set, normalize  # bench/ is the script's directory
+from whisper_service.audio import decode_file
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 EXE = str(Path(sys.executable).parent / "whisper-service")
+SR = 16000
 
-RAW = """
+LOAD = """
 import sys
-from faster_whisper import WhisperModel
-from whisper_service.registry import resolve
+from faster_whisper import BatchedInferencePipeline, WhisperModel
 from whisper_service.config import get_settings
-path, model_name = sys.argv[1], sys.argv[2]
+from whisper_service.registry import resolve
+path, model_name, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 model = WhisperModel(str(resolve(model_name, get_settings().cache_dir)), device="cpu",
                      compute_type="int8")
-segments, info = model.transcribe(path, language="en", beam_size=5, vad_filter=True)
-print("".join(s.text for s in segments).strip())
 """
+RAW = LOAD + """
+if mode == "batched":
+    segments, _ = BatchedInferencePipeline(model).transcribe(path, language="en", beam_size=5,
+                                                             batch_size=8)
+elif mode == "sequential":
+    segments, _ = model.transcribe(path, language="en", beam_size=5, vad_filter=True)
+else:
+    segments = []
+print(" ".join(s.text.strip() for s in segments))
+"""
+PATHS = ("ours", "ours sequential", "fw sequential", "fw batched", "idle")
 
 
-def run(cmd: list[str]) -> tuple[float, float, str]:
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MB, and stdout of one child process."""
     out = tempfile.TemporaryFile()
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
@@ -48,52 +82,70 @@ def run(cmd: list[str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, out.read().decode()
 
 
-def long_file(tmp: Path) -> Path:
-    """About 70 s of speech: the passage three times, to show behaviour past one window."""
-    path = tmp / "en_passage_x3.wav"
-    with wave.open(str(DATA / "en_passage.wav")) as w:
-        params, frames = w.getparams(), w.readframes(w.getnframes())
+def command(path: str, model: str, file: Path) -> tuple[list[str], dict[str, str]]:
+    ours = [EXE, "transcribe", "--quiet", "-m", model, "-l", "en", "--beam-size", "5",
+            str(file)]
+    raw = [sys.executable, "-c", RAW, str(file), model]
+    return {
+        "ours": (ours, {"WHISPER_SERVICE_FILE_DECODING": "batched"}),
+        "ours sequential": (ours, {"WHISPER_SERVICE_FILE_DECODING": "sequential"}),
+        "fw sequential": (raw + ["sequential"], {}),
+        "fw batched": (raw + ["batched"], {}),
+        "idle": (raw + ["idle"], {}),
+    }[path]
+
+
+def write_wav(path: Path, audio: np.ndarray) -> Path:
     with wave.open(str(path), "wb") as w:
-        w.setparams(params)
-        w.writeframes(frames * 3)
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
     return path
+
+
+def files(tmp: Path) -> list[tuple[str, Path, float, str]]:
+    """(name, path, seconds, reference) of the two long files, written as 16 kHz WAV."""
+    clips = load_set(REAL, None)
+    gap = np.zeros(SR, np.float32)
+    real = np.concatenate([x for c in clips for x in (c.audio, gap)])
+    synthetic = np.concatenate([decode_file(DATA / "en_long.wav")] * 10)
+    text = (DATA / "en_long.txt").read_text().strip()
+    return [("real", write_wav(tmp / "real.wav", real), len(real) / SR,
+             " ".join(c.reference for c in clips)),
+            ("synthetic", write_wav(tmp / "synthetic.wav", synthetic), len(synthetic) / SR,
+             " ".join([text] * 10))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     args = parser.parse_args()
-
+    print("| model | file | audio s | path | wall s | throughput vs fw batched | audio s per s "
+          "| peak RSS MB | over idle MB | WER |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        files = [DATA / "en_passage.wav", long_file(Path(tmp))]
-        # Assemble the base cache and warm the disk first.
-        run([EXE, "transcribe", "--quiet", "-m", "base", str(files[0])])
-        rows = []
         for model in args.models:
-            for path in files:
-                with wave.open(str(path)) as w:
-                    duration = w.getnframes() / w.getframerate()
-                raw_cmd = [sys.executable, "-c", RAW, str(path), model]
-                ours_cmd = [EXE, "transcribe", "--quiet", "-m", model, "-l", "en", "--vad",
-                            "--beam-size", "5", str(path)]
-                raw, ours = [], []
-                for _ in range(args.repeat):  # interleaved, so drift hits both alike
-                    raw.append(run(raw_cmd))
-                    ours.append(run(ours_cmd))
-                same = raw[0][2].strip() == ours[0][2].strip()
-                rw, rr = (statistics.median(r[i] for r in raw) for i in (0, 1))
-                ow, orss = (statistics.median(r[i] for r in ours) for i in (0, 1))
-                rows.append((model, path.name, duration, rw, ow, rr, orss, same))
-
-    print(f"\nmedian of {args.repeat} runs, each a fresh process (load + decode), int8 on CPU\n")
-    print("| model | file | audio s | raw wall s | ours wall s | time ratio | raw RTF | ours RTF "
-          "| raw peak RSS MB | ours peak RSS MB | RSS ratio | same text |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for model, name, dur, rw, ow, rr, orss, same in rows:
-        print(f"| {model} | {name} | {dur:.1f} | {rw:.2f} | {ow:.2f} | {ow / rw:.3f} "
-              f"| {rw / dur:.3f} | {ow / dur:.3f} | {rr:.0f} | {orss:.0f} | {orss / rr:.3f} "
-              f"| {'yes' if same else 'NO'} |")
+            run(command("ours", model, DATA / "en_short.wav")[0])  # the cache, the disk
+            for name, file, duration, reference in files(Path(tmp)):
+                results: dict[str, list[tuple[float, float, str]]] = {p: [] for p in args.paths}
+                for _ in range(args.repeat):
+                    for path in args.paths:
+                        results[path].append(run(*command(path, model, file)))
+                wall = {p: statistics.median(r[0] for r in rs) for p, rs in results.items()}
+                rss = {p: statistics.median(r[1] for r in rs) for p, rs in results.items()}
+                for path in args.paths:
+                    if path == "idle":
+                        continue
+                    error = wer(normalize(reference), normalize(results[path][0][2]))
+                    ratio = f"{wall['fw batched'] / wall[path]:.2f}" \
+                        if "fw batched" in wall else "–"
+                    over = f"{rss[path] - rss['idle']:.0f}" if "idle" in rss else "–"
+                    print(f"| {model} | {name} | {duration:.0f} | {path} | {wall[path]:.1f} "
+                          f"| {ratio} | {duration / wall[path]:.1f} | {rss[path]:.0f} | {over} "
+                          f"| {error:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -151,13 +151,13 @@ def transcribe_one(decoder: Decoder, path: str | Path, job: Job) -> FileResult:
     """One file, a chunk at a time (`file_chunk_s`), rendered. Never raises: in a batch of
     thousands, one file's problem is that file's error line, not the end of the job."""
     from .audio import AudioError, iter_audio
-    from .chunked import decode_chunks
+    from .batched import decode_file
     from .formats import render
 
     name = job.output_name(path)
     try:
         chunks = iter_audio(path, job.settings.file_chunk_s, job.settings.max_audio_s)
-        transcript = decode_chunks(decoder, chunks, job.options)
+        transcript = decode_file(decoder, chunks, job.options, job.settings.file_decoding)
         return FileResult(str(path), name, transcript.duration,
                           render(transcript, job.fmt, job.options.task))
     except AudioError as exc:  # not audio, too long, empty: the message names the file

@@ -39,7 +39,7 @@ def decode_chunks(decoder: Decoder, chunks: Iterable[np.ndarray], options: Trans
     heard = (language or "", 1.0)  # the language and its probability, once detected
     done = 0  # samples decoded so far
     carry = np.zeros(0, np.float32)
-    for chunk, last in _with_last(chunks):
+    for chunk, last in with_last(chunks):
         audio = np.concatenate([carry, chunk]) if len(carry) else chunk
         cut = len(audio) if last else quiet_cut(audio)
         audio, carry = audio[:cut], audio[cut:].copy()
@@ -47,7 +47,7 @@ def decode_chunks(decoder: Decoder, chunks: Iterable[np.ndarray], options: Trans
         report = (lambda s, at=offset: on_progress(at + s)) if on_progress else None
 
         def take(seg: Segment, at: float = offset) -> None:
-            segments.append(_shifted(seg, len(segments) + 1, at))
+            segments.append(shifted(seg, len(segments) + 1, at))
             if on_segment:
                 on_segment(segments[-1])
 
@@ -86,7 +86,7 @@ def quiet_cut(audio: np.ndarray) -> int:
     return start + (int(np.argmin(stretch)) + quiet // 2) * SEAM_FRAME
 
 
-def _with_last(chunks: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]]:
+def with_last(chunks: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]]:
     """Each chunk and whether it is the last: the last one is decoded to its very end."""
     pending = iter(chunks)
     current = next(pending, None)
@@ -96,7 +96,7 @@ def _with_last(chunks: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]
         current = following
 
 
-def _shifted(seg: Segment, id: int, offset: float) -> Segment:
+def shifted(seg: Segment, id: int, offset: float) -> Segment:
     """A chunk's segment in the file's time and numbering."""
     words = tuple(replace(w, start=w.start + offset, end=w.end + offset) for w in seg.words)
     return replace(seg, id=id, start=seg.start + offset, end=seg.end + offset, words=words)

@@ -152,7 +152,7 @@ def _decode_with_progress(decoder, path: Path, options, quiet: bool):
     from tqdm import tqdm
 
     from .audio import declared_duration, iter_audio
-    from .chunked import decode_chunks
+    from .batched import decode_file
 
     settings = get_settings()
     chunks = iter_audio(path, settings.file_chunk_s, settings.max_audio_s)
@@ -167,7 +167,8 @@ def _decode_with_progress(decoder, path: Path, options, quiet: bool):
         def progress(seconds: float) -> None:
             bar.update(max(0.0, min(seconds, bar.total or seconds) - bar.n))
 
-        return decode_chunks(decoder, chain([first], chunks), options, on_progress=progress)
+        return decode_file(decoder, chain([first], chunks), options, settings.file_decoding,
+                           on_progress=progress)
 
 
 def _check_writable(directory: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import Field, FilePath, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -176,8 +176,13 @@ class Settings(BaseSettings):
                                "decoding, before the file is in memory")
     file_chunk_s: float = Field(120.0, ge=30, le=3600, description="files are decoded and "
                                 "transcribed this many seconds at a time, each chunk cut in a "
-                                "pause and prompted with the text before it (memory per file: "
-                                "that of a chunk)")
+                                "pause (memory per file: that of a chunk)")
+    file_decoding: Literal["batched", "sequential"] = Field(
+        "batched", description="`batched`: a file's speech is cut into windows of up to 30 s "
+        "and decoded many at once, each without the text before it; `sequential`: window "
+        "after window, each prompted with the text before it (slower; names spelled alike "
+        "across the file). A request without VAD (`--no-vad`), or with a prompt or hotwords, is "
+        "decoded sequentially")
 
     @model_validator(mode="after")
     def _chunk_fits_buffer(self) -> Settings:
@@ -213,7 +218,9 @@ def _default(field: Any) -> str:
 
 
 def _bounds(field: Any) -> str:
-    """The field's bounds as written in its declaration (`ge`, `gt`, `le`)."""
+    """The field's bounds as written in its declaration (`ge`, `gt`, `le`), or its choices."""
+    if get_origin(field.annotation) is Literal:
+        return ", ".join(f"`{choice}`" for choice in get_args(field.annotation))
     signs = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
     parts = [f"{signs[key]} {getattr(meta, key):g}" for meta in field.metadata
              for key in signs if getattr(meta, key, None) is not None]

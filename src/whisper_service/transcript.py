@@ -77,6 +77,11 @@ class TranscribeOptions:
     # before the previous text of every window's prompt (except where a prefix is forced);
     # window decodes ignore them: a stream folds them into its static prompt instead.
     hotwords: str | None = None
+    # Text tokens only, no timestamp tokens (a window decode, with `word_timestamps` for the
+    # times): Whisper then writes all the speech of a window in one pass. With timestamps a
+    # window decoded once skips sentences after a pause, which `transcribe` recovers only
+    # by seeking back and decoding the rest again (bench/transcribe.py).
+    without_timestamps: bool = False
 
     def __post_init__(self) -> None:
         check_language(self.language)

@@ -21,7 +21,9 @@ from tests.conftest import DATA, read_wav
 from whisper_service import memory
 from whisper_service.audio import SAMPLE_RATE
 from whisper_service.engine.decoder import warm_up
+from whisper_service.engine.windows import prepare_window
 from whisper_service.streaming import StreamingSession, StreamOptions
+from whisper_service.transcript import DecodeRequest, TranscribeOptions
 
 pytestmark = pytest.mark.memory
 
@@ -50,6 +52,13 @@ def test_500_short_sessions_leave_memory_flat(model_manager, tiny_en):
     # largest batch now. Else the first full batch, whenever ten sessions' windows happen to
     # meet, adds a one-time 37-46 MB step that reads as growth (seen twice in the full suite).
     warm_up(tiny_en, model_manager.num_workers)
+    # And the largest batch their second passes can form: utterances on Whisper's 30 s window,
+    # two to a batch (Window.batch_limit), on every worker.
+    window = prepare_window(tiny_en, DecodeRequest(
+        audio[:30 * SAMPLE_RATE], TranscribeOptions(language="en", word_timestamps=True,
+                                                    temperature=0.0), window=True, pad_s=30))
+    for future in tiny_en.scheduler.submit_all([window] * 2 * model_manager.num_workers):
+        future.result()
     threads_before = threading.active_count()
 
     def one(i: int) -> int:
@@ -72,8 +81,14 @@ def test_500_short_sessions_leave_memory_flat(model_manager, tiny_en):
     assert decodes >= 300, "the sessions must have decoded speech"
     after_50 = statistics.median(readings[5:10])  # sessions 50 to 100
     late = statistics.median(readings[-5:])  # the last 50
-    assert late - after_50 <= 25, f"RSS {after_50:.0f} MB after 50 sessions, {late:.0f} MB " \
-                                  f"after 500: {[round(r) for r in readings]}"
+    seen = f"RSS {after_50:.0f} MB after 50 sessions, {late:.0f} MB after 500: " \
+           f"{[round(r) for r in readings]}"
+    # Growth per reading, robust to a single step: a leak raises most readings a little, a
+    # heap that grows once (a new block of glibc's, 45 MB, seen mid-run in two of three full
+    # suites once file windows shared the decode workers, then flat) raises one.
+    steady = statistics.median(np.diff(readings)) * (len(readings) - 1)
+    assert steady <= 15, seen
+    assert late - after_50 <= 75, seen  # one such step at most (44 and 54 MB seen)
     assert threading.active_count() <= threads_before + 10  # the pool's own threads at most
     assert tiny_en.refs == 1, "every session gave its model reference back"
 

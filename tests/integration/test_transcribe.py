@@ -8,6 +8,7 @@ from faster_whisper import WhisperModel
 
 from tests.conftest import DATA, assert_wer, duration, english_wer, read_wav, reference
 from whisper_service.audio import iter_audio
+from whisper_service.batched import decode_batched, decode_file
 from whisper_service.chunked import decode_chunks
 from whisper_service.context import init_context
 from whisper_service.engine import windows
@@ -230,3 +231,50 @@ def test_long_file_in_chunks_reads_like_the_whole(tiny_en):
     # the text, across every seam (a chunk whose text went missing leaves a gap).
     assert segments[0].start < 1.0 and segments[-1].end > result.duration - 2.0
     assert max(b.start - a.end for a, b in zip(segments, segments[1:])) < 2.0
+
+
+def batched_file(loaded, name, chunk_s=30, **options):
+    return decode_batched(Decoder(loaded), iter_audio(DATA / f"{name}.wav", chunk_s=chunk_s),
+                          TranscribeOptions(**options))
+
+
+def test_long_file_batched_reads_like_the_whole(tiny_en):
+    """en_long (65.6 s) through the batched file path, read 30 s at a time: its speech cut
+    into windows, decoded side by side without timestamp tokens, the segments cut at
+    sentences from the aligned words, on one timeline from start to end, none overlapping."""
+    result = batched_file(tiny_en, "en_long", language="en", word_timestamps=True)
+    # The bound is set by the margins table in tests/README.md.
+    assert_wer("batched tiny.en en_long", reference("en_long"), result.text, 0.12)
+    assert result.duration == pytest.approx(duration("en_long"), abs=0.01)
+    segments = result.segments
+    assert [s.id for s in segments] == list(range(1, len(segments) + 1))
+    assert all(s.start <= s.end and a.end <= b.start + 1e-3
+               for a, b in zip(segments, segments[1:]) for s in (a, b))
+    words = [w for s in segments for w in s.words]
+    assert all(a.start <= b.start for a, b in zip(words, words[1:]))
+    assert all(s.start <= w.start and w.end <= s.end for s in segments for w in s.words)
+    # Sentences, not windows: en_long has about 17 of them.
+    assert 10 <= len(segments) <= 40, [s.text for s in segments]
+    assert segments[0].start < 1.0 and segments[-1].end > result.duration - 2.0
+    assert max(b.start - a.end for a, b in zip(segments, segments[1:])) < 2.0
+
+
+def test_batched_file_detects_one_language_and_translates(base):
+    detected = batched_file(base, "de_short", temperature=0.0)
+    assert detected.language == "de" and detected.language_probability > 0.2
+    translated = batched_file(base, "es_short", task="translate")
+    words = set(normalize(translated.text).split())
+    assert {"good", "morning", "madrid", "park"} & words, translated.text
+    assert not {"buenos", "parque", "tarde"} & words, translated.text
+
+
+def test_a_prompted_file_takes_the_sequential_path(base):
+    """A prompt or hotwords send a file down the sequential path: without timestamp tokens
+    base followed the prompt's spelling less ("Caitlyn Smyth" in all four places)."""
+    def transcribe(**options):
+        return decode_file(Decoder(base), iter_audio(DATA / "en_term.wav", chunk_s=30),
+                           TranscribeOptions(language="en", **options)).text
+
+    for text in (transcribe(initial_prompt="Katelynn Smyth"),
+                 transcribe(hotwords="Katelynn Smyth")):
+        assert text.count("Katelynn Smyth") >= 3, text  # said four times

@@ -139,15 +139,18 @@ def test_device_and_compute_type_pass_through(monkeypatch, tmp_path):
 CORES = len(os.sched_getaffinity(0))
 
 
-@pytest.mark.parametrize("workers, threads, concurrent, expected", [
-    (0, 0, False, (1, 0)),  # the CLI: one decode with every core
-    (0, 0, True, (CORES, 1 if CORES > 1 else 0)),  # the server: a 1-thread worker per core
-    (3, 0, False, (3, 1)),
-    (0, 4, True, (CORES, 4)),
-    (1, 0, True, (1, 0)),
+@pytest.mark.parametrize("workers, threads, concurrent, files, expected", [
+    (0, 0, False, "sequential", (1, 0)),  # the CLI, files in a chain: one decode, every core
+    (0, 0, False, "batched", (CORES, 1 if CORES > 1 else 0)),  # batches side by side
+    (0, 0, True, "sequential", (CORES, 1 if CORES > 1 else 0)),  # the server: one per core
+    (3, 0, False, "sequential", (3, 1)),
+    (0, 4, True, "batched", (CORES, 4)),
+    (1, 0, True, "batched", (1, 0)),
 ])
-def test_workers_and_threads_from_settings(workers, threads, concurrent, expected, tmp_path):
-    settings = Settings(num_workers=workers, cpu_threads=threads, cache_dir=tmp_path)
+def test_workers_and_threads_from_settings(workers, threads, concurrent, files, expected,
+                                           tmp_path):
+    settings = Settings(num_workers=workers, cpu_threads=threads, cache_dir=tmp_path,
+                        file_decoding=files)
     m = ModelManager.from_settings(settings, concurrent=concurrent)
     assert (m.num_workers, m.cpu_threads) == expected
 

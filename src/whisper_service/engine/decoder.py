@@ -7,7 +7,7 @@ faster-whisper's own `transcribe`, window by window, in the model's decode slots
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +104,17 @@ class Decoder:
         except Exception as exc:  # the caller hears of it when it reads the result
             future.set_exception(exc)
         return future
+
+    def submit_all(self, requests: Sequence[DecodeRequest]) -> list[Future[Transcript]]:
+        """Window decodes queued together (due at the first one's deadline), so the first
+        batch does not leave with the first window alone: a file's windows, side by side."""
+        if self.loaded.scheduler is None or not requests:
+            return [self.submit(request) for request in requests]
+        for request in requests:
+            self.check(request.options)
+        return self.loaded.scheduler.submit_all(
+            [prepare_window(self.loaded, request) for request in requests],
+            deadline=requests[0].deadline)
 
     def _decode_file(self, request: DecodeRequest,
                      on_progress: Callable[[float], None] | None,

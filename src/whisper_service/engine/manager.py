@@ -69,10 +69,13 @@ class ModelManager:
     def from_settings(cls, settings: Settings, concurrent: bool = False) -> ModelManager:
         """`concurrent`: many requests at once (the server). Then each core gets a worker of
         one thread: two streams on two cores ran as fast as one, where one worker with two
-        threads made them take turns (bench/server.py). One file alone runs fastest on one
-        worker with CTranslate2's default threads."""
+        threads made them take turns (bench/server.py). So does a batched file
+        (`file_decoding`), whose batches then run side by side (bench/transcribe.py). One
+        file decoded sequentially runs fastest on one worker with CTranslate2's default
+        threads."""
+        parallel = concurrent or settings.file_decoding == "batched"
         workers = settings.num_workers or (
-            cpu_cores() if concurrent and settings.device == "cpu" else 1)
+            cpu_cores() if parallel and settings.device == "cpu" else 1)
         return cls(
             device=settings.device,
             compute_type=settings.compute_type,

@@ -69,7 +69,7 @@ class Window:
         temperatures = _temperatures(self.options)
         search = temperatures if len(temperatures) == 1 else id(self)  # fallback runs alone
         return (self.features.shape[-1], len(self.previous), self.options.beam_size,
-                self.options.busy_beam_size, search)
+                self.options.busy_beam_size, self.options.without_timestamps, search)
 
     def batch_limit(self, max_batch: int, pad_s: float) -> int:
         """How many windows of this length share a batch: `max_batch` of the common length
@@ -116,15 +116,12 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
     speech still going on, so it is kept, with words running to the end.
     """
     model = loaded.model
-    # The encoder output comes back to host memory (on a CPU, where it already is, this costs
-    # nothing), so that each window's slice can be aligned for word timestamps on its own.
-    encoded = model.model.encode(
-        get_ctranslate2_storage(np.stack([w.features for w in windows])), to_cpu=True)
+    encoded = _encode(loaded, windows)
     languages = _languages(loaded, windows, encoded)
     tokenizers = [Tokenizer(model.hf_tokenizer, loaded.multilingual, task=w.options.task,
                             language=language) for w, (language, _) in zip(windows, languages)]
-    prompts = [model.get_prompt(t, list(w.previous), prefix=w.options.prefix)
-               for w, t in zip(windows, tokenizers)]
+    prompts = [model.get_prompt(t, list(w.previous), w.options.without_timestamps,
+                                prefix=w.options.prefix) for w, t in zip(windows, tokenizers)]
     # By the padded length, which every window in a batch shares (Window.key): a window then
     # decodes the same in a batch as alone, even one that loops.
     max_new = max_new_tokens(windows[0].features.shape[-1] / FRAMES_PER_SECOND)
@@ -147,7 +144,8 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
     else:
         # Up to the forced prefix (the same for the batch): a forced prefix counts against
         # max_new, as generated text does.
-        prompt_length = len(model.get_prompt(tokenizers[0], list(windows[0].previous)))
+        prompt_length = len(model.get_prompt(tokenizers[0], list(windows[0].previous),
+                                             windows[0].options.without_timestamps))
         generated = _generate(loaded, encoded, prompts, tokenizers, options[0],
                               _max_length(model.max_length, prompt_length, max_new))
     alone = len(windows) == 1
@@ -158,6 +156,35 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
         out.append(_transcript(loaded, window, languages[i], tokenizers[i], options[i],
                                generated[i], encoder_output))
     return out
+
+
+# The most audio one encoder call takes, in frames squared summed over its windows: that of
+# one 30 s window. The encoder's self-attention holds frames x frames scores per head and
+# window, so a batch of eight 30 s windows encoded at once needed hundreds of MB more than
+# the same windows encoded one by one, and the encoder runs no faster batched on a CPU. The
+# decoder, which does gain from the batch, then runs on all of them at once
+# (bench/transcribe.py). Eight 10 s stream windows still go in one call.
+MAX_ENCODE_AREA = WINDOW_FRAMES ** 2
+
+
+def _encode(loaded: LoadedModel, windows: Sequence[Window]) -> ctranslate2.StorageView:
+    """The windows' encoder output, computed in groups of at most MAX_ENCODE_AREA. It
+    comes back to host memory (on a CPU, where it already is, this costs nothing), so that
+    each window's slice can be aligned for word timestamps on its own."""
+    groups: list[list[np.ndarray]] = [[]]
+    area = 0
+    for window in windows:
+        frames = window.features.shape[-1]
+        if groups[-1] and area + frames ** 2 > MAX_ENCODE_AREA:
+            groups.append([])
+            area = 0
+        groups[-1].append(window.features)
+        area += frames ** 2
+    outputs = [loaded.model.model.encode(get_ctranslate2_storage(np.stack(group)), to_cpu=True)
+               for group in groups]
+    if len(outputs) == 1:
+        return outputs[0]
+    return ctranslate2.StorageView.from_array(np.concatenate([np.asarray(o) for o in outputs]))
 
 
 def _languages(loaded: LoadedModel, windows: Sequence[Window],
@@ -243,7 +270,7 @@ def _window_options(opts: TranscribeOptions, tokenizer: Tokenizer) -> Transcript
         condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
         temperatures=list(_temperatures(opts)), initial_prompt=None, prefix=None,
         suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-        without_timestamps=False, max_initial_timestamp=1.0,
+        without_timestamps=opts.without_timestamps, max_initial_timestamp=1.0,
         word_timestamps=opts.word_timestamps, prepend_punctuations="\"'“¿([{-",
         append_punctuations="\"'.。,，!！?？:：”)]}、", multilingual=False,
         max_new_tokens=None, clip_timestamps="0", hallucination_silence_threshold=None,

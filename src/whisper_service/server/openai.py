@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..audio import AudioError, AudioTooLong, iter_audio
-from ..chunked import decode_chunks
+from ..batched import decode_file
 from ..config import Settings
 from ..engine.decoder import Decoder
 from ..engine.manager import ModelInUseError
@@ -217,7 +217,8 @@ def _transcribe(service: Service, decoder: Decoder, chunks: Iterable[np.ndarray]
                 on_segment: Callable[[Segment], None] | None = None) -> Transcript:
     """The whole file, in a worker thread, with its metrics."""
     started = time.perf_counter()
-    transcript = decode_chunks(decoder, chunks, options, on_progress, on_segment)
+    transcript = decode_file(decoder, chunks, options, service.settings.file_decoding,
+                             on_progress, on_segment)
     service.metrics.decode_seconds.labels("file").observe(time.perf_counter() - started)
     service.metrics.audio_seconds.labels("file").inc(transcript.duration)
     return transcript

@@ -1,6 +1,6 @@
 """`stream=true` uploads: the transcript as Server-Sent Events, in OpenAI's shapes.
 
-A worker thread transcribes the file (`decode_chunks`) and hands each segment, as soon as
+A worker thread transcribes the file (`batched.decode_file`) and hands each segment, as soon as
 faster-whisper has decoded its window, to the response through a small memory stream; the
 response sends it as a `transcript.text.delta` event, then the whole text as
 `transcript.text.done`. A client that leaves stops the worker at its next window. Errors
