@@ -11,7 +11,8 @@ This path cuts and decodes as that pipeline does, with the library's own VAD and
 `SpeechTimestampsMap`, but:
 
 - the windows go to the model's batch scheduler, due `FILE_WINDOW_SLACK_S` after they are
-  queued: a live stream's windows, due at once, go first, and an upload runs on what the
+  queued and in the background: a live stream's windows, due at once, go first, a file's
+  batches leave a worker to the streams while there are any, and an upload runs on what the
   streams leave, sharing the scheduler's batching and memory limits with them;
 - the file is read a chunk at a time (`iter_audio`), so memory is a few windows', not the
   file's (bench/uploads.py);
@@ -126,7 +127,7 @@ def decode_batched(decoder: Decoder, chunks: Iterable[np.ndarray], options: Tran
 
     def request(window: np.ndarray, opts: TranscribeOptions) -> DecodeRequest:
         return DecodeRequest(window, opts, window=True, pad_s=WINDOW_S,
-                             deadline=time.monotonic() + FILE_WINDOW_SLACK_S)
+                             deadline=time.monotonic() + FILE_WINDOW_SLACK_S, background=True)
 
     def finish(item: _Queued) -> None:
         result = _checked(decoder, item, _temperatures(options))

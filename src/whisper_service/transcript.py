@@ -97,13 +97,15 @@ class DecodeRequest:
     `pad_s`: pad that window to a multiple of this (default: the model's `window_pad_s`).
     `deadline`: when the result is due (`time.monotonic()`; default: now). The batch
     scheduler serves the earliest due first, so a stream sent ahead of real time waits for
-    the ones that are live (see pacing.py)."""
+    the ones that are live (see pacing.py). `background`: work nobody waits for live (a file's
+    window), which leaves a decode worker to the live streams while there are any."""
 
     audio: np.ndarray
     options: TranscribeOptions
     window: bool = False
     pad_s: float | None = None
     deadline: float | None = None
+    background: bool = False
 
     def __post_init__(self) -> None:
         if self.window and len(self.audio) > WINDOW_SAMPLES:

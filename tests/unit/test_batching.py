@@ -285,3 +285,38 @@ def test_submit_all_fills_a_batch_on_every_worker_from_the_first():
     s.close()
     with pytest.raises(SchedulerClosed):
         s.submit_all([("a", 9)])
+
+
+class Concurrency(Runner):
+    """A Runner that counts the batches running at once, by their first request's key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.now: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+
+    def __call__(self, requests):
+        key = requests[0][0]
+        with self.lock:
+            self.now[key] = self.now.get(key, 0) + 1
+            self.most[key] = max(self.most.get(key, 0), self.now[key])
+        time.sleep(0.05)
+        with self.lock:
+            self.now[key] -= 1
+        return super().__call__(requests)
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_background_work_leaves_a_worker_to_the_live_while_there_are_any(live):
+    """A file's windows (background) run on all but one worker while live requests came in
+    lately, and on every worker when none did."""
+    runner = Concurrency()
+    s = scheduler(runner, workers=2, max_batch=1)
+    if live:
+        s.submit(("live", 0)).result(5)
+    files = s.submit_all([("file", n) for n in range(8)], background=True)
+    wait(files, timeout=10)
+    assert [f.result() for f in files] == [f"file:{n}" for n in range(8)]
+    assert runner.most["file"] == (1 if live else 2)
+    s.close()

@@ -97,7 +97,8 @@ class Decoder:
         if request.window and self.loaded.scheduler is not None:
             self.check(request.options)
             return self.loaded.scheduler.submit(prepare_window(self.loaded, request),
-                                                deadline=request.deadline)
+                                                deadline=request.deadline,
+                                                background=request.background)
         future: Future[Transcript] = Future()
         try:
             future.set_result(self.decode(request))
@@ -106,15 +107,16 @@ class Decoder:
         return future
 
     def submit_all(self, requests: Sequence[DecodeRequest]) -> list[Future[Transcript]]:
-        """Window decodes queued together (due at the first one's deadline), so the first
-        batch does not leave with the first window alone: a file's windows, side by side."""
+        """Window decodes queued together (due at the first one's deadline, in the
+        background if it is), so the first batch does not leave with the first window alone:
+        a file's windows, side by side."""
         if self.loaded.scheduler is None or not requests:
             return [self.submit(request) for request in requests]
         for request in requests:
             self.check(request.options)
         return self.loaded.scheduler.submit_all(
             [prepare_window(self.loaded, request) for request in requests],
-            deadline=requests[0].deadline)
+            deadline=requests[0].deadline, background=requests[0].background)
 
     def _decode_file(self, request: DecodeRequest,
                      on_progress: Callable[[float], None] | None,

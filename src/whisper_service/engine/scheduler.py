@@ -10,6 +10,11 @@ every compatible request that waits behind it, up to `max_batch`, and runs them 
   real time submits windows that are due only later (pacing.py), so they wait behind the
   live streams' windows and run on the capacity that is spare, riding along in their
   batches where there is room. A long file still takes turns with the streams.
+- Background work leaves a worker to the live: a request submitted as `background` (a file's
+  window) runs on at most all but one of the workers while live requests came in the last
+  UTILIZATION_WINDOW_S, and on all of them otherwise. A batch, once running, cannot be
+  interrupted, so without this an upload's batches could hold every worker for seconds
+  while streams' windows waited (bench/capacity.py --upload).
 - No wait for one request alone: a lone client's latency stays what it was without batching.
   With several pending, the dispatcher waits at most `max_wait_s` for the batch to fill.
 - Nothing here knows about models or devices: `run` decodes a batch, `key` says which
@@ -40,6 +45,7 @@ class _Job(Generic[R, T]):
     future: Future[T] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.monotonic)
     deadline: float = 0.0  # when its result is due; set to `queued_at` if not given
+    background: bool = False  # leaves a worker to the live ones (see the module)
 
     def __post_init__(self) -> None:
         self.deadline = self.deadline or self.queued_at
@@ -66,6 +72,8 @@ class BatchScheduler(Generic[R, T]):
         self._busy: deque[tuple[float, float]] = deque()  # (start, end) of recent batches
         self.clock: Callable[[], float] = time.monotonic  # `utilization`'s (see use_clock)
         self._running = 0  # batches taken and not yet answered
+        self._background = 0  # of them, background batches
+        self._live_at = -float("inf")  # when a live (not background) request came last
         self._pending: deque[_Job[R, T]] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -115,20 +123,24 @@ class BatchScheduler(Generic[R, T]):
         while self._busy and self._busy[0][1] <= since:
             self._busy.popleft()
 
-    def submit(self, request: R, deadline: float | None = None) -> Future[T]:
-        return self.submit_all([request], deadline)[0]
+    def submit(self, request: R, deadline: float | None = None,
+               background: bool = False) -> Future[T]:
+        return self.submit_all([request], deadline, background)[0]
 
-    def submit_all(self, requests: Sequence[R],
-                   deadline: float | None = None) -> list[Future[T]]:
+    def submit_all(self, requests: Sequence[R], deadline: float | None = None,
+                   background: bool = False) -> list[Future[T]]:
         """Submit several at once: they queue together, so the first batch does not leave
         with the first request alone (warm-up wants full batches on every worker).
-        `deadline` (`time.monotonic()`): when their results are due; default now."""
-        jobs = [_Job(request, self._key(request), deadline=deadline or 0.0)
-                for request in requests]
+        `deadline` (`time.monotonic()`): when their results are due; default now.
+        `background`: work that leaves a worker to the live requests (see the module)."""
+        jobs = [_Job(request, self._key(request), deadline=deadline or 0.0,
+                     background=background) for request in requests]
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the model was unloaded")
             self._pending.extend(jobs)
+            if not background:
+                self._live_at = time.monotonic()
             self._cond.notify_all()
         return [job.future for job in jobs]
 
@@ -152,7 +164,10 @@ class BatchScheduler(Generic[R, T]):
     def _dispatch(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._closed)
+                # Background work may wait for the live to go quiet: looked at again each
+                # second, as nothing else would wake this thread when they do.
+                while not (self._closed or self._ready()):
+                    self._cond.wait(1.0)
                 if self._closed:
                     return
             self._slots.acquire()  # a decode slot is free: form a batch now
@@ -165,17 +180,17 @@ class BatchScheduler(Generic[R, T]):
     def _take(self) -> list[_Job[R, T]]:
         """The earliest due job and the compatible ones due next; waits only if others pend."""
         with self._cond:
-            if len(self._pending) > 1 and self._size() > 1:
+            if len(self._ready()) > 1 and self._size() > 1:
                 until = time.monotonic() + self.max_wait_s
-                while not self._closed and self._compatible() < self._size():
+                while not self._closed and self._ready() and self._compatible() < self._size():
                     left = until - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
-            if not self._pending:
+            if not self._ready():
                 return []
             key = self._head().key
-            batch = sorted((job for job in self._pending if job.key == key),
+            batch = sorted((job for job in self._ready() if job.key == key),
                            key=_due)[:self._size()]
             taken = set(map(id, batch))
             self._pending = deque(job for job in self._pending if id(job) not in taken)
@@ -184,11 +199,20 @@ class BatchScheduler(Generic[R, T]):
             # of the batch would never hear of its results).
             batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
             self._running += bool(batch)  # counted while still under the lock (wait_idle)
+            self._background += bool(batch) and batch[0].background
             return batch
+
+    def _ready(self) -> list[_Job[R, T]]:
+        """The pending jobs that may run now: background ones only while they leave a worker
+        to the live (or no live request came lately)."""
+        live = time.monotonic() - self._live_at < UTILIZATION_WINDOW_S
+        if not live or self._background < max(1, self.workers - 1):
+            return list(self._pending)
+        return [job for job in self._pending if not job.background]
 
     def _head(self) -> _Job[R, T]:
         """The job due first (the oldest of those due at the same moment)."""
-        return min(self._pending, key=_due)
+        return min(self._ready(), key=_due)
 
     def _size(self) -> int:
         """How many jobs the batch headed by the earliest due may hold."""
@@ -196,7 +220,7 @@ class BatchScheduler(Generic[R, T]):
 
     def _compatible(self) -> int:
         key = self._head().key
-        return sum(job.key == key for job in self._pending)
+        return sum(job.key == key for job in self._ready())
 
     def _execute(self, batch: list[_Job[R, T]]) -> None:
         try:
@@ -220,6 +244,7 @@ class BatchScheduler(Generic[R, T]):
                 self._busy.append((began, ended))
                 self._forget_busy(ended - UTILIZATION_WINDOW_S)
                 self._running -= 1
+                self._background -= bool(batch) and batch[0].background
                 self._cond.notify_all()
             self._slots.release()
 
