@@ -119,7 +119,7 @@ def decode_batched(decoder: Decoder, chunks: Iterable[np.ndarray], options: Tran
                              hotwords=None, prefix=None, word_timestamps=True,
                              without_timestamps=True, vad_filter=False,
                              condition_on_previous_text=False,
-                             temperature=_temperatures(options)[0])
+                             temperature=options.temperatures[0])
     heard = (language or "en", 1.0)
     segments: list[Segment] = []
     queue: deque[_Queued] = deque()
@@ -130,7 +130,7 @@ def decode_batched(decoder: Decoder, chunks: Iterable[np.ndarray], options: Tran
                              deadline=time.monotonic() + FILE_WINDOW_SLACK_S, background=True)
 
     def finish(item: _Queued) -> None:
-        result = _checked(decoder, item, _temperatures(options))
+        result = _checked(decoder, item, options.temperatures)
         restore = SpeechTimestampsMap(list(item.regions), SAMPLE_RATE)
         floor = segments[-1].end if segments else 0.0
         for seg in _sentences(result, restore, loaded.model.hf_tokenizer, options):
@@ -163,12 +163,12 @@ def decode_batched(decoder: Decoder, chunks: Iterable[np.ndarray], options: Tran
             if not (segments or queue or batch):  # the file's first window: its prefix,
                 opts = replace(opts, prefix=options.prefix)  # and its language if not given
                 if language is None:
-                    first = decoder.submit(request(window, opts))
-                    language = first.result().language
-                    heard = (language, first.result().language_probability)
+                    req = request(window, opts)
+                    first = decoder.submit(req)
+                    heard = (first.result().language, first.result().language_probability)
+                    language = heard[0]
                     window_options = replace(window_options, language=language)
-                    queue.append(_Queued(index, offset, tuple(group), request(window, opts),
-                                         first))
+                    queue.append(_Queued(index, offset, tuple(group), req, first))
                     continue
             batch.append(_Queued(index, offset, tuple(group), request(window, opts)))
             if len(batch) == IN_FLIGHT // 2:
@@ -206,12 +206,14 @@ def _groups(regions: list[dict]) -> Iterator[list[dict]]:
     faster-whisper's `collect_chunks` groups them (its per-chunk metadata drops the first
     region of every chunk after the first, so the times could not be restored from it)."""
     group: list[dict] = []
+    speech = 0  # samples of speech in `group`
     for region in regions:
-        speech = sum(r["end"] - r["start"] for r in group) + region["end"] - region["start"]
-        if group and speech > WINDOW_S * SAMPLE_RATE:
+        length = region["end"] - region["start"]
+        if group and speech + length > WINDOW_S * SAMPLE_RATE:
             yield group
-            group = []
+            group, speech = [], 0
         group.append(region)
+        speech += length
     if group:
         yield group
 
@@ -283,7 +285,3 @@ def _split(words: list[Word]) -> Iterator[list[Word]]:
     if run:
         yield run
 
-
-def _temperatures(options: TranscribeOptions) -> tuple[float, ...]:
-    t = options.temperature
-    return t if isinstance(t, tuple) else (t,)

@@ -83,6 +83,12 @@ class TranscribeOptions:
     # by seeking back and decoding the rest again (bench/transcribe.py).
     without_timestamps: bool = False
 
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        """The temperatures to try, in order: one, or the fallback's."""
+        t = self.temperature
+        return t if isinstance(t, tuple) else (t,)
+
     def __post_init__(self) -> None:
         check_language(self.language)
         if self.task not in ("transcribe", "translate"):

@@ -66,7 +66,7 @@ class Window:
         """Windows with equal keys can share a batch: one encoder length, one position of
         <|startoftranscript|> in the prompts (CTranslate2 needs both), one search, busy or
         not."""
-        temperatures = _temperatures(self.options)
+        temperatures = self.options.temperatures
         search = temperatures if len(temperatures) == 1 else id(self)  # fallback runs alone
         return (self.features.shape[-1], len(self.previous), self.options.beam_size,
                 self.options.busy_beam_size, self.options.without_timestamps, search)
@@ -135,7 +135,7 @@ def decode_windows(loaded: LoadedModel, windows: Sequence[Window]) -> list[Trans
         # `batch_beam_size` caps them all (0: no cap).
         options = [replace(o, beam_size=_busy_beam(w.options, loaded.batch_beam_size))
                    for o, w in zip(options, windows)]
-    if len(_temperatures(windows[0].options)) > 1:  # alone in its batch (Window.key)
+    if len(windows[0].options.temperatures) > 1:  # alone in its batch (Window.key)
         # faster-whisper refuses prompt + max_new_tokens past the model's 448 tokens.
         fallback = replace(options[0], max_new_tokens=min(
             max_new, model.max_length - len(prompts[0])))
@@ -256,9 +256,6 @@ def _transcript(loaded: LoadedModel, window: Window, language: tuple[str, float]
     return Transcript(language[0], language[1], window.duration, tuple(out))
 
 
-def _temperatures(opts: TranscribeOptions) -> tuple[float, ...]:
-    return opts.temperature if isinstance(opts.temperature, tuple) else (opts.temperature,)
-
 
 def _window_options(opts: TranscribeOptions, tokenizer: Tokenizer) -> TranscriptionOptions:
     """faster-whisper's decoding options with its own `transcribe` defaults (the window path
@@ -268,7 +265,7 @@ def _window_options(opts: TranscribeOptions, tokenizer: Tokenizer) -> Transcript
         repetition_penalty=1.0, no_repeat_ngram_size=0, log_prob_threshold=-1.0,
         no_speech_threshold=0.6, compression_ratio_threshold=MAX_COMPRESSION_RATIO,
         condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
-        temperatures=list(_temperatures(opts)), initial_prompt=None, prefix=None,
+        temperatures=list(opts.temperatures), initial_prompt=None, prefix=None,
         suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
         without_timestamps=opts.without_timestamps, max_initial_timestamp=1.0,
         word_timestamps=opts.word_timestamps, prepend_punctuations="\"'“¿([{-",
