@@ -59,6 +59,16 @@ def main() -> None:
         raise _fail(describe_error(exc)) from None
 
 
+def run() -> None:
+    """The `whisper-service` command. Its heap is set up for file jobs before any thread
+    starts (`serve` sets it up for a server instead); tests call `main` in their own
+    process, whose heap this leaves alone."""
+    from .memory import file_job_heap
+
+    file_job_heap()
+    main()
+
+
 def _file_decode_flags(command):
     """The model and decoding flags `transcribe` and `batch` share (`_file_options` reads
     them)."""

@@ -98,6 +98,58 @@ def test_windows_longer_than_the_common_length_share_smaller_batches():
 
     assert [window(s).batch_limit(8, 10.0) for s in (5, 10, 20, 30)] == [8, 8, 4, 2]
     assert window(30).batch_limit(1, 10.0) == 1
+    # A larger model's full windows go one at a time; shorter windows keep their batches.
+    assert [window(s).batch_limit(8, 10.0, full_max=1) for s in (10, 20, 30)] == [8, 4, 1]
+    assert window(30).batch_limit(64, 10.0, full_max=2) == 2
+
+
+def test_full_windows_pair_only_on_a_small_model(tmp_path):
+    from whisper_service.engine.manager import _weights_bytes
+    from whisper_service.engine.windows import PAIRED_FULL_WINDOWS_MAX_WEIGHTS, full_window_batch
+
+    assert full_window_batch(PAIRED_FULL_WINDOWS_MAX_WEIGHTS) == 2
+    assert full_window_batch(PAIRED_FULL_WINDOWS_MAX_WEIGHTS + 1) == 1
+    (tmp_path / "model.bin").write_bytes(b"x" * 1000)
+    assert _weights_bytes(tmp_path) == 1000
+    assert _weights_bytes(tmp_path / "missing") == 0
+
+
+@pytest.mark.parametrize("seconds, most_at_once", [(30, 1), (10, 2)])
+def test_full_windows_are_encoded_one_at_a_time(seconds, most_at_once):
+    """Two workers encoding at once: full 30 s windows take turns (their encoder pass needs
+    the most memory), shorter ones do not."""
+    from types import SimpleNamespace
+
+    from whisper_service.engine.model import LoadedModel
+    from whisper_service.engine.windows import _encode_group
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    both = threading.Barrier(2)
+
+    def encode(storage, to_cpu):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return storage
+
+    model = SimpleNamespace(model=SimpleNamespace(encode=encode))
+    loaded = LoadedModel(None, model, None, 0.0, window_pad_s=10.0)  # type: ignore[arg-type]
+    features = np.zeros((1, 80, seconds * 100), np.float32)
+
+    def worker():
+        both.wait()
+        _encode_group(loaded, features)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert most[0] == most_at_once
 
 
 def test_a_request_cancelled_while_queued_is_dropped_and_its_batch_still_answered():
@@ -320,3 +372,24 @@ def test_background_work_leaves_a_worker_to_the_live_while_there_are_any(live):
     assert [f.result() for f in files] == [f"file:{n}" for n in range(8)]
     assert runner.most["file"] == (1 if live else 2)
     s.close()
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_background_batches_hold_one_request_while_there_are_live_ones(live):
+    """While live requests came lately, a file's windows go one to a batch, so the worker
+    they hold frees sooner; with nobody live they fill batches."""
+    runner = Runner()
+    s = scheduler(runner, workers=1, max_batch=4)
+    if live:
+        s.submit(("live", 0)).result(5)
+    runner.batches.clear()
+    runner.gate.clear()
+    blocker = s.submit(("block", 0), background=True)
+    assert runner.started.wait(5)
+    files = s.submit_all([("file", n) for n in range(4)], background=True)
+    runner.gate.set()
+    wait([blocker, *files], timeout=10)
+    sizes = [len(b) for b in runner.batches if b[0][0] == "file"]
+    assert sizes == ([1, 1, 1, 1] if live else [4])
+    s.close()
+

@@ -23,7 +23,7 @@ from ..context import WHISPER_MAX_PROMPT_TOKENS, init_context
 from .features import BoundedFeatureExtractor
 from .model import LoadedModel, ModelKey
 from .scheduler import BatchScheduler
-from .windows import Window, decode_windows
+from .windows import Window, decode_windows, full_window_batch
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -130,7 +130,8 @@ class ModelManager:
                     slots=loaded.slots, workers=self.num_workers, max_batch=self.max_batch,
                     max_wait_s=self.batch_wait_s, name=f"decode-{name}",
                     limit=partial(Window.batch_limit, max_batch=self.max_batch,
-                                  pad_s=self.window_pad_s))
+                                  pad_s=self.window_pad_s,
+                                  full_max=full_window_batch(_weights_bytes(path))))
             with self._lock:
                 self._loaded[key] = loaded
                 self._load_counts[key] = self._load_counts.get(key, 0) + 1
@@ -244,3 +245,9 @@ def cpu_cores() -> int:
     """Cores this process may run on (its affinity mask where the OS has one)."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def _weights_bytes(path: Path) -> int:
+    """The size of a CTranslate2 model directory's weights (0 if it has none to measure)."""
+    weights = Path(path) / "model.bin"
+    return weights.stat().st_size if weights.is_file() else 0

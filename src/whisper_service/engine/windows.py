@@ -71,12 +71,27 @@ class Window:
         return (self.features.shape[-1], len(self.previous), self.options.beam_size,
                 self.options.busy_beam_size, self.options.without_timestamps, search)
 
-    def batch_limit(self, max_batch: int, pad_s: float) -> int:
+    def batch_limit(self, max_batch: int, pad_s: float, full_max: int = 2) -> int:
         """How many windows of this length share a batch: `max_batch` of the common length
         (`pad_s`), fewer of longer ones. A batch's working memory grows with its audio, so a
-        batch of long windows then needs about what warm-up's batch took at start-up."""
+        batch of long windows then needs about what warm-up's batch took at start-up. Full
+        30 s windows (a file's) at most `full_max` (see `full_window_batch`)."""
         common = round(pad_s * FRAMES_PER_SECOND)
-        return max(1, max_batch * common // max(self.features.shape[-1], common))
+        frames = self.features.shape[-1]
+        limit = max(1, max_batch * common // max(frames, common))
+        return min(limit, max(1, full_max)) if frames >= WINDOW_FRAMES else limit
+
+
+# Weights up to this size (tiny's, stored in float16) decode full windows two to a batch,
+# which reads a file faster on tiny. A larger model holds more per window (its width times
+# its layers): paired, base's file job neared its memory target for a few percent of speed
+# (bench/transcribe.py; docs/benchmarks.md has the figures).
+PAIRED_FULL_WINDOWS_MAX_WEIGHTS = 100 * 2**20
+
+
+def full_window_batch(weights_bytes: int) -> int:
+    """How many full 30 s windows share a batch on a model whose weights take this much."""
+    return 2 if weights_bytes <= PAIRED_FULL_WINDOWS_MAX_WEIGHTS else 1
 
 
 def prepare_window(loaded: LoadedModel, request: DecodeRequest) -> Window:
@@ -180,11 +195,22 @@ def _encode(loaded: LoadedModel, windows: Sequence[Window]) -> ctranslate2.Stora
             area = 0
         groups[-1].append(window.features)
         area += frames ** 2
-    outputs = [loaded.model.model.encode(get_ctranslate2_storage(np.stack(group)), to_cpu=True)
-               for group in groups]
+    outputs = [_encode_group(loaded, np.stack(group)) for group in groups]
     if len(outputs) == 1:
         return outputs[0]
     return ctranslate2.StorageView.from_array(np.concatenate([np.asarray(o) for o in outputs]))
+
+
+def _encode_group(loaded: LoadedModel, features: np.ndarray) -> ctranslate2.StorageView:
+    """One encoder pass. A full 30 s window (a file's) holds the model's `long_encode` lock
+    through it: its self-attention scores grow with frames squared, so two such passes at
+    once on two workers raised a file job's peak memory by a pass's worth, while one at a
+    time costs no speed, as the other worker generates text meanwhile (bench/transcribe.py)."""
+    storage = get_ctranslate2_storage(features)
+    if features.shape[-1] < WINDOW_FRAMES:
+        return loaded.model.model.encode(storage, to_cpu=True)
+    with loaded.long_encode:
+        return loaded.model.model.encode(storage, to_cpu=True)
 
 
 def _languages(loaded: LoadedModel, windows: Sequence[Window],
