@@ -29,13 +29,13 @@ def trim() -> None:
 
 
 def file_job_heap() -> None:
-    """One heap arena for a process that decodes files (the CLI, batch jobs), set before its
-    decode workers start. Each worker thread otherwise gets an arena of its own and keeps the
-    memory its batches freed there, out of the other's reach: one arena lowered a file job's
-    peak at the same speed (bench/transcribe.py). glibc's moving
-    thresholds stay: the fixed ones `tune_heap` sets for a server, which keeps its warm-up's
-    memory for the clients, only raised a file job's peak. An explicit MALLOC_ARENA_MAX in
-    the environment wins."""
+    """One heap arena for the `whisper-service` command's file jobs (`transcribe`, and
+    `batch` in process), set before its decode workers start. Each worker thread otherwise
+    gets an arena of its own and keeps the memory its batches freed there, out of the other's
+    reach: one arena lowered a file job's peak at the same speed (bench/transcribe.py).
+    glibc's moving thresholds stay: the fixed ones `tune_heap` sets for a server, which keeps
+    its warm-up's memory for the clients, only raised a file job's peak. An explicit
+    MALLOC_ARENA_MAX in the environment wins."""
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
         libc.mallopt(_M_ARENA_MAX, 1)

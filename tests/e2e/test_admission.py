@@ -97,6 +97,7 @@ def test_a_minute_pushed_at_once_locks_no_real_time_client_out():
 
 SESSIONS = 200
 WORKERS = 4
+READ_AT = range(49, SESSIONS, 25)  # server RSS read after these sessions: 49, 74, ... 199
 
 
 def test_200_fast_sessions_a_third_vanishing_none_refused_memory_and_threads_flat():
@@ -115,7 +116,7 @@ def test_200_fast_sessions_a_third_vanishing_none_refused_memory_and_threads_fla
             client = Client(ws_url).run(speech[start:start + 4 * 16000], realtime=False,
                                         vanish=i % 3 == 2)
             with lock:
-                if i in (49, SESSIONS - 1):
+                if i in READ_AT:
                     metrics = settled(server.url)
                     rss[i] = process.memory_info().rss / 2**20
                     threads[i] = metrics["whisper_threads"]
@@ -136,5 +137,11 @@ def test_200_fast_sessions_a_third_vanishing_none_refused_memory_and_threads_fla
         assert end.get('whisper_rejected_total{reason="lagging"}', 0) == 0
         assert end.get('whisper_rejected_total{reason="busy"}', 0) == 0
         assert threads[SESSIONS - 1] <= threads[49] + 4
-        assert rss[SESSIONS - 1] - rss[49] <= 25, rss
+        # Growth per reading, robust to a single step: a leak raises most readings a little,
+        # a heap that grows once (glibc takes a new block the first time a larger batch
+        # runs; a 30 MB step seen once in a full suite, then flat) raises one.
+        readings = [rss[i] for i in READ_AT]
+        steady = statistics.median(b - a for a, b in zip(readings, readings[1:]))
+        assert steady * (len(readings) - 1) <= 15, rss
+        assert readings[-1] - readings[0] <= 60, rss  # one such step at most
         assert server.proc.poll() is None, server.output()

@@ -34,8 +34,8 @@ class LoadedModel:
     window_pad_s: float = 30.0  # streaming windows are padded to a multiple of this
     batch_beam_size: int = 0  # beam size for windows decoded under load; 0: their own
     scheduler: BatchScheduler[Any, Transcript] | None = None  # batches windows.Window decodes
-    # Held by the encoder pass of a window longer than the common length (a file's 30 s): the
-    # step that needs the most memory, taken by one worker at a time (windows._encode).
+    # Held by the encoder pass of a full 30 s window (a file's): the step that needs the
+    # most memory, taken by one worker at a time (windows._encode_group).
     long_encode: threading.Lock = field(default_factory=threading.Lock)
     refs: int = 0
     last_used: float = field(default_factory=time.monotonic)
