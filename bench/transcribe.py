@@ -10,7 +10,7 @@ pays for interpreter start, model load and decode alike. Paths:
 - `fw batched`: faster-whisper's `BatchedInferencePipeline` (beam 5, batch 8);
 - `idle`: a process that loads the model and stops, for the peak RSS a file job adds.
 
-Files, both long enough that batches fill:
+Files, each long enough that batches fill:
 
 - `real`: the real-speech dev set (bench/data/real) joined, a second of silence between clips
   (13.9 min, 19 speakers), WER against the joined references;
