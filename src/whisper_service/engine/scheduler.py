@@ -204,11 +204,14 @@ class BatchScheduler(Generic[R, T]):
             self._background += bool(batch) and batch[0].background
             return batch
 
+    def _live(self) -> bool:
+        """Whether a live (not background) request came in the last UTILIZATION_WINDOW_S."""
+        return time.monotonic() - self._live_at < UTILIZATION_WINDOW_S
+
     def _ready(self) -> list[_Job[R, T]]:
         """The pending jobs that may run now: background ones only while they leave a worker
         to the live (or no live request came lately)."""
-        live = time.monotonic() - self._live_at < UTILIZATION_WINDOW_S
-        if not live or self._background < max(1, self.workers - 1):
+        if not self._live() or self._background < max(1, self.workers - 1):
             return list(self._pending)
         return [job for job in self._pending if not job.background]
 
@@ -220,7 +223,7 @@ class BatchScheduler(Generic[R, T]):
         """How many jobs the batch headed by the earliest due may hold: a background batch
         one while the live are there (see the module)."""
         head = self._head()
-        if head.background and time.monotonic() - self._live_at < UTILIZATION_WINDOW_S:
+        if head.background and self._live():
             return 1
         return max(1, min(self.max_batch, self._limit(head.request)))
 
