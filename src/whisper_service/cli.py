@@ -278,7 +278,11 @@ def models(prepare: bool) -> None:
 @click.option("--chunk", default=0.1, show_default=True, type=click.FloatRange(0.001, 60),
               help="Seconds of audio per push.")
 @click.option("--min-chunk", default=lambda: get_settings().min_chunk_s, type=float,
-              show_default=_default("min_chunk_s"), help="Seconds of new audio before re-decoding.")
+              show_default=_default("min_chunk_s"),
+              help="Seconds of new audio before re-decoding while the model is busy.")
+@click.option("--idle-chunk", default=lambda: get_settings().idle_chunk_s, type=float,
+              show_default=_default("idle_chunk_s"),
+              help="Seconds of new audio before re-decoding while the model is idle.")
 @click.option("--beam-size", default=lambda: get_settings().stream_beam_size, type=int,
               show_default=_default("stream_beam_size"))
 @click.option("--static-prompt", default="", help="Names and terms; never trimmed.")
@@ -287,8 +291,8 @@ def models(prepare: bool) -> None:
               show_default=_default("utterances"),
               help="Decode each utterance again as a whole after its finals.")
 def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: float,
-           min_chunk: float, beam_size: int, static_prompt: str, words: bool,
-           utterances: bool) -> None:
+           min_chunk: float, idle_chunk: float, beam_size: int, static_prompt: str,
+           words: bool, utterances: bool) -> None:
     """Stream FILE through a live session and print one JSON event per line; the last line
     (`done`) holds the transcript."""
     import json
@@ -300,9 +304,11 @@ def stream(file: Path, model: str, language: str, task: str, mode: str, chunk: f
     try:
         options = StreamOptions.from_settings(
             language=_language(language), task=task, min_chunk_s=min_chunk,
-            beam_size=beam_size, static_prompt=static_prompt, utterances=utterances)
+            idle_chunk_s=idle_chunk, beam_size=beam_size, static_prompt=static_prompt,
+            utterances=utterances)
     except ValidationError as exc:
-        flags = {"min_chunk_s": "--min-chunk", "stream_beam_size": "--beam-size"}
+        flags = {"min_chunk_s": "--min-chunk", "idle_chunk_s": "--idle-chunk",
+                 "stream_beam_size": "--beam-size"}
         raise _fail(describe_error(exc, flags)) from None
     try:
         audio = decode_file(file)

@@ -55,13 +55,22 @@ class Settings(BaseSettings):
     # Streaming (the choices are measured by bench/accuracy.py on real speech, and by
     # bench/streaming.py and bench/capacity.py: docs/benchmarks.md)
     min_chunk_s: float = Field(0.6, ge=0.1, le=5, description="new audio (s) before a "
-                               "streaming session re-decodes")
+                               "streaming session re-decodes while the model is busy")
+    idle_chunk_s: float = Field(0.4, ge=0.1, le=5, description="new audio (s) before a "
+                                "streaming session re-decodes while the model is idle "
+                                "(nothing queued, workers busy less than half the time); "
+                                "a value over `min_chunk_s` counts as `min_chunk_s`")
     stream_beam_size: int = Field(5, ge=1, le=10, description="beam size for streaming "
                                   "decodes while the model is idle (nothing queued, no "
                                   "batch)")
     stream_busy_beam_size: int = Field(1, ge=1, le=10, description="beam size for streaming "
                                        "decodes while the model is busy (a batch of two or "
                                        "more, or windows waiting)")
+    stream_unsure_probability: float = Field(0.3, ge=0, le=1, description="after steps of "
+                                             "`idle_chunk_s`, a word the model gives a lower "
+                                             "probability than this needs three agreeing "
+                                             "decodes to become final, not two (0: two for "
+                                             "every word)")
     max_buffer_s: float = Field(15.0, ge=2, le=30, description="cap on the audio a session "
                                 "re-decodes (Whisper's window is 30 s)")
     max_context_tokens: int = Field(WHISPER_MAX_PROMPT_TOKENS, ge=1,

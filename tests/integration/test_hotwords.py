@@ -41,7 +41,8 @@ def test_hotwords_in_a_stream_set_the_spelling(model_manager, tiny_en):
     prefixed or not: finals and utterances. (Without them: 0 of 4 on every backend, the
     figure test_streaming.py's static prompt test asserts on the same path.)"""
     # A static prompt keeps 30 s windows: steps of 1.2 s halve their decodes (CI time).
-    options = StreamOptions.from_settings(language="en", hotwords=NAME, min_chunk_s=1.2)
+    options = StreamOptions.from_settings(language="en", hotwords=NAME, min_chunk_s=1.2,
+                                          idle_chunk_s=1.2)
     session = StreamingSession.open(model_manager, "tiny.en", options)
     with session:
         events = [e for _, e in replay(session, read_wav(DATA / "en_term.wav"), "fast", 0.1)]

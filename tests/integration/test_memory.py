@@ -109,7 +109,8 @@ def test_long_session_keeps_memory_and_step_cost_flat(model_manager, tiny_en):
     readings: dict[int, list[float]] = {}
     session = StreamingSession.open(model_manager, "tiny.en",
                                     StreamOptions.from_settings(language="en",
-                                                                min_chunk_s=2.4),
+                                                                min_chunk_s=2.4,
+                                                                idle_chunk_s=2.4),
                                     on_decode=lambda s: steps.append((pushed, s)))
     limit = session.context.max_context_tokens
     words = 0

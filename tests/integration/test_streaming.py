@@ -144,7 +144,8 @@ def test_context_improves_consistency_across_segments(model_manager, tiny_en):
     _, plain = stream(model_manager, "tiny.en", audio, language="en")
     # A static prompt keeps 30 s windows: steps of 1.2 s halve their decodes (CI time).
     _, prompted = stream(model_manager, "tiny.en", audio, language="en",
-                         static_prompt="Katelynn Smyth", min_chunk_s=1.2)
+                         static_prompt="Katelynn Smyth", min_chunk_s=1.2,
+                         idle_chunk_s=1.2)
     name = "Katelynn Smyth"
     assert text_of(plain).count(name) == 0, text_of(plain)
     assert text_of(prompted).count(name) >= 3, text_of(prompted)  # said four times

@@ -263,6 +263,21 @@ def test_a_session_steps_longer_as_windows_queue_per_worker():
     assert Decoder(SimpleNamespace(scheduler=None)).step_factor() == 1.0  # batching off: no signal
 
 
+def test_a_model_is_idle_for_steps_with_nothing_queued_and_workers_mostly_free():
+    from types import SimpleNamespace
+
+    from whisper_service.engine.decoder import Decoder
+
+    scheduler = SimpleNamespace(depth=0, running=1, workers=2, utilization=lambda: 0.3)
+    decoder = Decoder(SimpleNamespace(scheduler=scheduler))
+    assert decoder.idle() and decoder.busy()  # one decode running leaves a worker free
+    scheduler.depth = 1
+    assert not decoder.idle()
+    scheduler.depth, scheduler.utilization = 0, lambda: 0.5
+    assert not decoder.idle()
+    assert Decoder(SimpleNamespace(scheduler=None)).idle()
+
+
 def test_wait_idle_returns_once_nothing_is_queued_or_running():
     runner = Runner()
     s = scheduler(runner)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 import threading
 import time
 import wave
@@ -136,6 +137,46 @@ def test_an_agreed_word_with_nothing_after_it_waits_unless_punctuation_ends_it()
     assert texts(la.update([sw(0.0, "the"), sw(0.5, "dog.")])) == ["the", "dog."]
 
 
+def unsure(start: float, text: str) -> Word:
+    return Word(start, start + 0.4, " " + text, 0.3)
+
+
+def test_an_unsure_word_needs_a_third_agreeing_hypothesis():
+    la = LocalAgreement(unsure=0.5)
+    la.update([sw(0.0, "the"), unsure(0.5, "cat"), sw(1.0, "sat")])
+    # "the" is sure in both: LocalAgreement-2 commits it; "cat" (0.3) waits, and so does
+    # everything after it, as finals come in order.
+    assert texts(la.update([sw(0.0, "the"), unsure(0.5, "cat"), sw(1.0, "sat"),
+                            sw(1.5, "on")])) == ["the"]
+    assert texts(la.tentative) == ["cat", "sat", "on"]
+    # The third hypothesis in a row with "cat" commits it, and the sure words agreed twice.
+    assert texts(la.update([unsure(0.5, "cat"), sw(1.0, "sat"), sw(1.5, "in"),
+                            sw(2.0, "the")])) == ["cat", "sat"]
+
+
+def test_a_word_unsure_in_an_earlier_hypothesis_stays_unsure():
+    la = LocalAgreement(unsure=0.5)
+    la.update([unsure(0.0, "cat"), sw(0.5, "sat")])
+    assert la.update([sw(0.0, "cat"), sw(0.5, "sat"), sw(1.0, "on")]) == []
+    assert texts(la.update([sw(0.0, "cat"), sw(0.5, "sat"), sw(1.0, "on")])) == ["cat", "sat"]
+
+
+def test_a_changed_word_starts_its_count_again():
+    la = LocalAgreement(unsure=0.5)
+    la.update([unsure(0.0, "cat"), sw(0.5, "sat")])
+    la.update([unsure(0.0, "cap"), sw(0.5, "sat")])  # disagrees: counts restart at one
+    assert la.update([unsure(0.0, "cap"), sw(0.5, "sat"), sw(1.0, "on")]) == []
+    assert texts(la.update([unsure(0.0, "cap"), sw(0.5, "sat"),
+                            sw(1.0, "on")])) == ["cap", "sat"]
+
+
+def test_without_unsure_every_word_needs_two_hypotheses():
+    la = LocalAgreement()
+    la.update([unsure(0.0, "cat"), sw(0.5, "sat")])
+    assert texts(la.update([unsure(0.0, "cat"), sw(0.5, "sat"), sw(1.0, "on")])) == ["cat",
+                                                                                     "sat"]
+
+
 def test_the_later_hypothesis_supplies_the_committed_words():
     la = LocalAgreement()
     la.update([sw(0.0, "one"), sw(0.5, "two"), sw(1.0, "three")])
@@ -236,6 +277,12 @@ class GridDecoder:
     def step_factor(self) -> float:
         return self.pressure
 
+    probability = 0.9  # what the model gives every word it writes
+    loaded_idle = False  # what `idle()` reports: steps may come every `idle_chunk_s`
+
+    def idle(self) -> bool:
+        return self.loaded_idle
+
     loaded_busy = False  # what `busy()` reports: the model's compute is taken
 
     def busy(self) -> bool:
@@ -295,7 +342,7 @@ class GridDecoder:
         for a, b, text in heard:
             if not segments or len(segments[-1]) == 4 or text.endswith(" alpha"):
                 segments.append([])
-            segments[-1].append(Word(a - t0, b - t0, text, 0.9))
+            segments[-1].append(Word(a - t0, b - t0, text, self.probability))
         return Transcript("en", 1.0, len(audio) / SR, tuple(
             Segment(i, ws[0].start, ws[-1].end, "".join(w.word for w in ws), tuple(ws),
                     avg_logprob=-0.2, no_speech_prob=0.01)
@@ -857,6 +904,60 @@ def test_a_loaded_scheduler_makes_steps_longer_and_loses_no_words(passage, tiny_
     step = 3.0 * stream_options().min_chunk_s
     assert max(lags) <= step + BLOCK / SR + 1e-6
     assert max(lags) > 0.5 * step  # it does wait for audio before decoding
+
+
+def test_an_idle_model_takes_shorter_steps_and_commits_the_same_words(passage,
+                                                                      tiny_en_tokenizer):
+    pcm = build(passage)
+    busy, idle = GridDecoder(pcm), GridDecoder(pcm)
+    idle.loaded_idle = True
+    lags = []
+    _, busy_events = run(busy, pcm, tiny_en_tokenizer)
+    _, idle_events = run(idle, pcm, tiny_en_tokenizer,
+                         after_push=lambda session, stop, got: lags.append(session.lag_s))
+    options = stream_options()
+    assert options.idle_chunk_s < options.min_chunk_s
+    assert len(idle.calls) > 1.2 * len(busy.calls)
+    assert texts(final_words(idle_events)) == texts(final_words(busy_events))
+    assert max(lags) <= options.idle_chunk_s + BLOCK / SR + 1e-6
+
+
+def final_lags(pcm: np.ndarray, tokenizer, idle: bool) -> list[float]:
+    """How much later each word becomes final when the model is unsure of every word than
+    when it is sure of them; the words committed are the same."""
+    when: dict[str, list[float]] = {"sure": [], "doubtful": []}
+    events = {}
+    for name in when:
+        decoder = GridDecoder(pcm)
+        decoder.loaded_idle = idle
+        if name == "doubtful":
+            decoder.probability = stream_options().unsure_probability / 2
+
+        def after_push(session, stop, got, name=name):
+            when[name] += [stop / SR] * len(final_words(got))
+        _, events[name] = run(decoder, pcm, tokenizer, end=False, after_push=after_push)
+    assert texts(final_words(events["doubtful"])) == texts(final_words(events["sure"]))
+    return [b - a for a, b in zip(when["sure"], when["doubtful"])]
+
+
+def test_after_short_steps_unsure_words_become_final_a_step_later(passage, tiny_en_tokenizer):
+    lags = final_lags(build(passage), tiny_en_tokenizer, idle=True)
+    # Finals at speech ends commit everything either way; within speech, a step later.
+    assert min(lags) >= 0
+    assert statistics.median(lags) >= 0.9 * stream_options().idle_chunk_s
+
+
+def test_after_busy_steps_unsure_words_need_two_hypotheses(passage, tiny_en_tokenizer):
+    assert set(final_lags(build(passage), tiny_en_tokenizer, idle=False)) == {0.0}
+
+
+def test_an_idle_step_is_never_longer_than_the_busy_one(passage, tiny_en_tokenizer):
+    pcm = build(passage)
+    short, idle = GridDecoder(pcm), GridDecoder(pcm)
+    idle.loaded_idle = True
+    run(short, pcm, tiny_en_tokenizer, options=stream_options(min_chunk_s=0.3))
+    run(idle, pcm, tiny_en_tokenizer, options=stream_options(min_chunk_s=0.3, idle_chunk_s=2.0))
+    assert len(idle.calls) == len(short.calls)
 
 
 # -- utterances ----------------------------------------------------------------------------

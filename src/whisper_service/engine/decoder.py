@@ -61,6 +61,14 @@ class Decoder:
         scheduler = self.loaded.scheduler
         return 1.0 + 2 * scheduler.depth / scheduler.workers if scheduler else 1.0
 
+    def idle(self) -> bool:
+        """Whether a stream's step may come sooner: nothing is queued and the workers were
+        busy less than half the time lately. A decode running on one worker (an utterance's)
+        leaves the other free."""
+        scheduler = self.loaded.scheduler
+        return scheduler is None or (scheduler.depth == 0
+                                     and scheduler.utilization() < BUSY_UTILIZATION)
+
     def busy(self) -> bool:
         """Whether the model's compute is taken: a decode is running or waiting, or its
         workers were busy half the time over the last few seconds. Work that can be done

@@ -129,7 +129,8 @@ class StreamHandler(SessionLoop):
         if config.encoding in OPUS_ENCODINGS:
             self.opus = OpusStream(config.encoding)
         await self.ws.send_json({"type": "ready", "session_id": session_id, "config": {
-            **config.model_dump(), "model": name, "min_chunk_s": options.min_chunk_s}})
+            **config.model_dump(), "model": name, "min_chunk_s": options.min_chunk_s,
+            "idle_chunk_s": min(options.idle_chunk_s, options.min_chunk_s)}})
         self.state = State.STREAMING
 
     # -- streaming ------------------------------------------------------------------------------

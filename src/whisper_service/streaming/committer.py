@@ -26,7 +26,7 @@ class Committer:
     def __init__(self, buffer: SessionBuffer, redecoder: Redecoder, second: SecondPass,
                  options: StreamOptions) -> None:
         self._buffer, self._decode, self._second, self.options = buffer, redecoder, second, options
-        self._policy = LocalAgreement()
+        self._policy = LocalAgreement(options.unsure_probability)
         self._last_final_end = 0.0
         self._partial = ""
         self.finals_sent = 0
@@ -38,7 +38,7 @@ class Committer:
 
     def step(self) -> list[StreamEvent]:
         """Re-decode the buffer, commit what two hypotheses agree on, trim if long."""
-        events = self._finals(self._policy.update(self._redecode()))
+        events = self._finals(self._policy.update(self._redecode(), self._decode.short_step))
         events += self._trim()
         events += self._partial_event()
         return events

@@ -19,9 +19,11 @@ class StreamOptions:
     speech, and costs compute only when it is spare (bench/accuracy.py, bench/capacity.py)."""
 
     min_chunk_s: float
+    idle_chunk_s: float
     max_buffer_s: float
     beam_size: int
     busy_beam_size: int
+    unsure_probability: float
     max_context_tokens: int
     utterances: bool
     utterance_beam_size: int
@@ -48,8 +50,10 @@ class StreamOptions:
 
 
 # StreamOptions' fields that come from `Settings`, and the setting each one is.
-TUNABLES = {"min_chunk_s": "min_chunk_s", "max_buffer_s": "max_buffer_s",
+TUNABLES = {"min_chunk_s": "min_chunk_s", "idle_chunk_s": "idle_chunk_s",
+            "max_buffer_s": "max_buffer_s",
             "beam_size": "stream_beam_size", "busy_beam_size": "stream_busy_beam_size",
+            "unsure_probability": "stream_unsure_probability",
             "max_context_tokens": "max_context_tokens",
             "utterances": "utterances", "utterance_beam_size": "utterance_beam_size",
             "utterance_busy_beam_size": "utterance_busy_beam_size",

@@ -19,26 +19,44 @@ def starts_inside_word(word: Word) -> bool:
 class LocalAgreement:
     """LocalAgreement-2 (Machacek et al., 2023): commit the longest common word prefix of the
     last two hypotheses. Hypotheses hold only words after the committed text (the session
-    forces that text as the decode's prefix), so nothing is matched by time."""
+    forces that text as the decode's prefix), so nothing is matched by time.
 
-    def __init__(self) -> None:
+    `unsure`: after short steps (`update(..., wary=True)`), a word the model gave a
+    probability under this in either hypothesis needs a third hypothesis to agree. Such
+    words are the ones more audio after them still changes (noise heard as words, a name
+    half said); two hypotheses a short step apart have heard about the same audio after
+    them. The other words keep LocalAgreement-2's latency (bench/accuracy.py). 0 turns the
+    extra agreement off."""
+
+    def __init__(self, unsure: float = 0.0) -> None:
+        self.unsure = unsure
         self.last_committed_end = 0.0
         self._previous: list[Word] = []
+        self._streaks: list[int] = []  # per tentative word: hypotheses in a row that had it
+        self._sure: list[bool] = []  # per tentative word: never under `unsure` in them
 
     @property
     def tentative(self) -> list[Word]:
         return self._previous
 
-    def update(self, hypothesis: list[Word]) -> list[Word]:
-        agreed = 0
-        for a, b in zip(hypothesis, self._previous):
+    def update(self, hypothesis: list[Word], wary: bool = True) -> list[Word]:
+        """Commit what the hypotheses agree on; `wary`: this one came a short step after the
+        last, so unsure words need a third."""
+        streaks, sure = [1] * len(hypothesis), [w.probability >= self.unsure for w in hypothesis]
+        for i, (a, b) in enumerate(zip(hypothesis, self._previous)):
             if normalize(a.word) != normalize(b.word):
                 break
+            streaks[i] = self._streaks[i] + 1
+            sure[i] = sure[i] and self._sure[i]
+        agreed = 0
+        while agreed < len(hypothesis) and streaks[agreed] >= (
+                3 if wary and not sure[agreed] else 2):
             agreed += 1
         while agreed and not self._boundary(hypothesis, agreed):
             agreed -= 1
         commit = hypothesis[:agreed]
         self._previous = hypothesis[agreed:]
+        self._streaks, self._sure = streaks[agreed:], sure[agreed:]
         self._remember(commit)
         return commit
 
@@ -54,12 +72,12 @@ class LocalAgreement:
 
     def commit_all(self, hypothesis: list[Word]) -> list[Word]:
         """End of utterance: everything not yet committed becomes final."""
-        self._previous = []
+        self.reset()
         self._remember(hypothesis)
         return hypothesis
 
     def reset(self) -> None:
-        self._previous = []
+        self._previous, self._streaks, self._sure = [], [], []
 
     def _remember(self, commit: list[Word]) -> None:
         if commit:

@@ -42,6 +42,7 @@ class Redecoder:
         self.boundaries: list[float] = []  # segment ends of the last decode: safe cut points
         self.recent: list[str] = []  # the last committed words, for the loop guard
         self.cancelled = False
+        self.short_step = False  # the last step came after `idle_chunk_s`, under `min_chunk_s`
         self._inflight: Future[Transcript] | None = None
         self.decodes, self.decode_s, self.loops = 0, 0.0, 0
         decoder.check(self.options_for(None))
@@ -126,8 +127,16 @@ class Redecoder:
         if future is not None:
             future.cancel()
 
-    def step_factor(self) -> float:
-        return self.decoder.step_factor()
+    def step_s(self) -> float:
+        """New audio a step waits for: `idle_chunk_s` while the model is idle (finals come
+        sooner on spare compute), else `min_chunk_s`, stretched as the model falls behind
+        (`Decoder.step_factor`)."""
+        options = self.options
+        idle = self.decoder.idle()
+        self.short_step = idle and options.idle_chunk_s < options.min_chunk_s
+        if idle:
+            return min(options.idle_chunk_s, options.min_chunk_s)
+        return options.min_chunk_s * self.decoder.step_factor()
 
     def busy(self) -> bool:
         return self.decoder.busy()

@@ -240,7 +240,7 @@ class StreamingSession:
         for event in self._vad(block):
             events += self._on_vad(event.kind, event.sample)
         if self._in_speech:
-            step = self.options.min_chunk_s * self._decode.step_factor()
+            step = self._decode.step_s()
             due = buffer.end - buffer.decoded_until >= step * SAMPLE_RATE
             full = buffer.seconds >= self.options.max_buffer_s - self.options.min_chunk_s
             if due and (last or full):
