@@ -128,6 +128,18 @@ def test_a_final_never_ends_inside_a_word():
     assert texts(la.update([sw(0.0, "I"), sw(0.5, "didn"), glued(1.0, "'t")])) == ["I"]
 
 
+def test_a_word_that_would_continue_a_final_is_written_as_a_word_of_its_own():
+    """Two decodes agreed that "cold" ended; the next wrote "-hearted" after it. The final
+    sent cannot change, so the new one must not read "cold -hearted" once joined."""
+    la = LocalAgreement()
+    la.update([sw(0.0, "cold.")])
+    assert texts(la.update([sw(0.0, "cold"), sw(0.5, "hard.")])) == ["cold"]
+    la.update([glued(0.5, "-hearted"), sw(1.0, "man")])
+    committed = la.update([glued(0.5, "-hearted"), sw(1.0, "man"), sw(1.5, "and")])
+    assert [w.word for w in committed] == [" hearted", " man"]
+    assert [w.word for w in la.commit_all([glued(2.0, "'t")])] == [" t"]
+
+
 def test_an_agreed_word_with_nothing_after_it_waits_unless_punctuation_ends_it():
     la = LocalAgreement()
     la.update([sw(0.0, "the"), sw(0.5, "ill")])

@@ -4,6 +4,8 @@ re-decoded buffer becomes final. It sees only words; the session owns audio and 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..text import normalize
 from ..transcript import Word
 
@@ -14,6 +16,14 @@ def starts_inside_word(word: Word) -> bool:
     """Whisper writes the space before a word into the word: one without it continues the
     word before it ("ill" then "-disposed", "didn" then "'t")."""
     return not word.word[:1].isspace()
+
+
+def detached(word: Word) -> Word:
+    """A word that would continue one already final, written as a word of its own: two
+    decodes agreed that "cold" ended, and a third wrote "-hearted" after it. Finals never
+    change, and joined with spaces they must not read "cold -hearted", so the joining
+    hyphen or apostrophe goes: "cold hearted"."""
+    return replace(word, word=" " + word.word.lstrip("-'’‐"))
 
 
 class LocalAgreement:
@@ -73,6 +83,7 @@ class LocalAgreement:
     def commit_all(self, hypothesis: list[Word]) -> list[Word]:
         """End of utterance: everything not yet committed becomes final."""
         self.reset()
+        hypothesis = list(hypothesis)
         self._remember(hypothesis)
         return hypothesis
 
@@ -82,3 +93,5 @@ class LocalAgreement:
     def _remember(self, commit: list[Word]) -> None:
         if commit:
             self.last_committed_end = commit[-1].end
+            if starts_inside_word(commit[0]):
+                commit[0] = detached(commit[0])
