@@ -74,8 +74,7 @@ class Decoder:
         workers were busy half the time over the last few seconds. Work that can be done
         cheaper or better (an utterance's second decode) is done cheaper then."""
         scheduler = self.loaded.scheduler
-        return scheduler is not None and (scheduler.running > 0 or scheduler.depth > 0
-                                          or scheduler.utilization() >= BUSY_UTILIZATION)
+        return scheduler is not None and (scheduler.running > 0 or not self.idle())
 
     def decode(self, request: DecodeRequest,
                on_progress: Callable[[float], None] | None = None,

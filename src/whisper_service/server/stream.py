@@ -130,7 +130,7 @@ class StreamHandler(SessionLoop):
             self.opus = OpusStream(config.encoding)
         await self.ws.send_json({"type": "ready", "session_id": session_id, "config": {
             **config.model_dump(), "model": name, "min_chunk_s": options.min_chunk_s,
-            "idle_chunk_s": min(options.idle_chunk_s, options.min_chunk_s)}})
+            "idle_chunk_s": options.idle_step_s}})
         self.state = State.STREAMING
 
     # -- streaming ------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ class StreamOptions:
     hotwords: str = ""  # go before static_prompt in the never-trimmed part of the context
     turn_events: bool = False  # also emit speech_start / speech_end (the Realtime adapter)
 
+    @property
+    def idle_step_s(self) -> float:
+        """The step while the model is idle: `idle_chunk_s`, never longer than the busy one."""
+        return min(self.idle_chunk_s, self.min_chunk_s)
+
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **given: Any) -> StreamOptions:
         """The settings (default: the process's), with the tunables given here (by their

@@ -67,8 +67,7 @@ class LocalAgreement:
         commit = hypothesis[:agreed]
         self._previous = hypothesis[agreed:]
         self._streaks, self._sure = streaks[agreed:], sure[agreed:]
-        self._remember(commit)
-        return commit
+        return self._commit(commit)
 
     def _boundary(self, hypothesis: list[Word], at: int) -> bool:
         """Whether a final may end before word `at`: only where a new word starts in both
@@ -83,15 +82,16 @@ class LocalAgreement:
     def commit_all(self, hypothesis: list[Word]) -> list[Word]:
         """End of utterance: everything not yet committed becomes final."""
         self.reset()
-        hypothesis = list(hypothesis)
-        self._remember(hypothesis)
-        return hypothesis
+        return self._commit(hypothesis)
 
     def reset(self) -> None:
         self._previous, self._streaks, self._sure = [], [], []
 
-    def _remember(self, commit: list[Word]) -> None:
-        if commit:
-            self.last_committed_end = commit[-1].end
-            if starts_inside_word(commit[0]):
-                commit[0] = detached(commit[0])
+    def _commit(self, words: list[Word]) -> list[Word]:
+        """`words` become final: remember where they end, and start them on a word of their
+        own (`detached`)."""
+        if not words:
+            return []
+        self.last_committed_end = words[-1].end
+        first = detached(words[0]) if starts_inside_word(words[0]) else words[0]
+        return [first, *words[1:]]

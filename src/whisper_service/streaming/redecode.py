@@ -133,9 +133,9 @@ class Redecoder:
         (`Decoder.step_factor`)."""
         options = self.options
         idle = self.decoder.idle()
-        self.short_step = idle and options.idle_chunk_s < options.min_chunk_s
+        self.short_step = idle and options.idle_step_s < options.min_chunk_s
         if idle:
-            return min(options.idle_chunk_s, options.min_chunk_s)
+            return options.idle_step_s
         return options.min_chunk_s * self.decoder.step_factor()
 
     def busy(self) -> bool:

@@ -240,10 +240,10 @@ class StreamingSession:
         for event in self._vad(block):
             events += self._on_vad(event.kind, event.sample)
         if self._in_speech:
-            step = self._decode.step_s()
-            due = buffer.end - buffer.decoded_until >= step * SAMPLE_RATE
             full = buffer.seconds >= self.options.max_buffer_s - self.options.min_chunk_s
-            if due and (last or full):
+            # The step's length is asked for only where a step may run (it reads the load).
+            if (last or full) and (buffer.end - buffer.decoded_until
+                                   >= self._decode.step_s() * SAMPLE_RATE):
                 events += self._commit.step()
         else:
             second.expire(buffer.end)
